@@ -1,0 +1,5 @@
+import sys
+
+from pgsafe.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pgsafe.cli.common import add_output
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="take an online backup")
+    p.add_argument("--type", choices=("full",), default="full", help="backup type (default: full)")
+    p.add_argument("--jobs", type=int, help="parallel workers (default: number of cores)")
+    p.add_argument("--checkpoint", choices=("fast", "spread"), default="fast",
+                   help="start with a fast (default) or spread checkpoint")
+    p.add_argument("--repo", help="repository name (default: the first)")
+    add_output(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pgsafe.cli.common import ProgressBar, human_bytes, load, print_json
+    from pgsafe.errors import UsageError
+    from pgsafe.ops.backup import run_backup
+
+    config, cluster = load(args)
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    bar = ProgressBar("backup")
+    try:
+        result = run_backup(cluster, config.repo(args.repo), backup_type=args.type,
+                            jobs=args.jobs or config.jobs, fast_checkpoint=args.checkpoint == "fast",
+                            progress=bar)
+    finally:
+        bar.close()
+    if args.output == "json":
+        print_json(result.__dict__)
+        return 0
+    print(f"backup {result.id} ({result.type}) complete: {result.file_count} files, "
+          f"{human_bytes(result.size)} stored as {human_bytes(result.stored_size)} in {result.duration:.1f} s; "
+          f"WAL {result.wal_start} .. {result.wal_stop}")
+    for err in result.checksum_errors:
+        print(f"WARNING: page checksum failures in {err['path']}: blocks {err['blocks']}")
+    return 0

@@ -1,0 +1,68 @@
+"""Pieces shared by command modules: config loading, output, progress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from pgsafe.config import ClusterConfig, Config, load_config
+
+
+def load(args: argparse.Namespace) -> tuple[Config, ClusterConfig]:
+    config = load_config(args.config)
+    return config, config.cluster(args.cluster)
+
+
+def add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", choices=("text", "json"), default="text", help="output format")
+
+
+def print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+class ProgressBar:
+    """A progress line on a terminal; nothing when stderr is not a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2 and done < total:
+            return
+        self.last = now
+        frac = done / total if total else 1.0
+        width = 30
+        bar = "#" * int(frac * width)
+        rate = done / max(now - self.started, 1e-6)
+        sys.stderr.write(
+            f"\r{self.label} [{bar:<{width}}] {frac * 100:5.1f}% {human_bytes(done)} / {human_bytes(total)}"
+            f" {human_bytes(int(rate))}/s "
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()

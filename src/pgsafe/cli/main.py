@@ -1,0 +1,83 @@
+"""Entry point: parse arguments, run one command, map errors to exit codes.
+
+Nothing heavy is imported here: archive-push runs once per WAL segment and its
+start-up time counts. Each command module imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+COMMANDS = {
+    "init": "pgsafe.cli.init",
+    "check": "pgsafe.cli.check",
+    "backup": "pgsafe.cli.backup",
+    "info": "pgsafe.cli.info",
+    "restore": "pgsafe.cli.restore",
+    "archive-push": "pgsafe.cli.archive",
+    "archive-get": "pgsafe.cli.archive",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every usage error
+        from pgsafe.errors import UsageError
+
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pgsafe", description="PostgreSQL backup and recovery")
+    parser.add_argument("--config", help="config file (default: $PGSAFE_CONFIG or /etc/pgsafe/pgsafe.toml)")
+    parser.add_argument("--cluster", help="cluster name from the config (optional when only one)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, module in COMMANDS.items():
+        importlib.import_module(module).add_parser(sub, name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pgsafe.errors import Interrupted, PgsafeError
+
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.run(args) or 0)
+    except PgsafeError as exc:
+        _error(exc.message)
+        if args is not None and args.debug:
+            raise
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error(Interrupted("interrupted").message)
+        return Interrupted.exit_code
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: say so in one line; --debug shows where
+        if args is not None and args.debug:
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+        return 99
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"pgsafe: error: {message}\n")
+    sys.stderr.flush()
+
+
+def pgsafe_path() -> str:
+    """The absolute command that runs this pgsafe, for archive/restore commands."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) == "__main__.py":
+        return f"{sys.executable} -m pgsafe"
+    return os.path.abspath(argv0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

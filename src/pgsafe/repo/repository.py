@@ -1,0 +1,270 @@
+"""The repository format, version 1: where every key lives and in which order things
+are written. docs/FORMAT.md is the specification; keep the two in step.
+
+Layout (keys relative to the repository root)::
+
+    pgsafe.json                                   format marker (plain JSON)
+    cluster/<name>/cluster.json                   identity of the registered cluster
+    cluster/<name>/backup/<id>/data/<nnnnnn>      stored file contents (bundles and single files)
+    cluster/<name>/backup/<id>/manifest           every file of the backup (written after the data)
+    cluster/<name>/catalog/<id>.json              summary of a complete backup: THE COMMIT POINT
+    cluster/<name>/wal/<TTTTTTTTXXXXXXXX>/<name>  WAL segments, .partial and .backup files
+    cluster/<name>/wal/history/<TL>.history       timeline history files
+    cluster/<name>/lock/                          lock files (flock; never hold data)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from pgsafe import codec
+from pgsafe.errors import ClusterMismatch, IntegrityError, LockedError, NoBackup, RepositoryError
+from pgsafe.storage import Storage, StorageError, open_storage
+
+FORMAT_VERSION = 1
+FORMAT_KEY = "pgsafe.json"
+
+
+@dataclass(frozen=True)
+class ClusterIdentity:
+    system_identifier: int
+    pg_version: int  # server_version_num, e.g. 150018
+    wal_segment_size: int
+    block_size: int = 8192
+
+    @property
+    def major(self) -> int:
+        return self.pg_version // 10000
+
+
+class Repository:
+    def __init__(self, storage: Storage, name: str = "main") -> None:
+        self.storage = storage
+        self.name = name
+
+    # -- opening --------------------------------------------------------------
+
+    @classmethod
+    def open(cls, kind: str, location: str, name: str = "main") -> "Repository":
+        """Open an existing repository; refuse a missing one or a newer format."""
+        repo = cls(open_storage(kind, location), name)
+        try:
+            raw = repo.storage.read(FORMAT_KEY)
+        except FileNotFoundError:
+            raise RepositoryError(
+                f"repository {name!r} at {location} is not initialised; run `pgsafe init`"
+            ) from None
+        except (StorageError, OSError) as exc:
+            raise RepositoryError(f"repository {name!r} at {location}: {exc}") from None
+        try:
+            version = int(json.loads(raw)["format"])
+        except (ValueError, KeyError, TypeError):
+            raise RepositoryError(f"repository {name!r} at {location}: {FORMAT_KEY} is damaged") from None
+        if version > FORMAT_VERSION:
+            raise RepositoryError(
+                f"repository {name!r} at {location} has format {version}, newer than this pgsafe "
+                f"understands ({FORMAT_VERSION}); upgrade pgsafe"
+            )
+        return repo
+
+    @classmethod
+    def create(cls, kind: str, location: str, name: str = "main") -> tuple["Repository", bool]:
+        """Open the repository, creating it when absent. Returns (repo, created)."""
+        storage = open_storage(kind, location)
+        if storage.stat(FORMAT_KEY) is not None:
+            return cls.open(kind, location, name), False
+        body = json.dumps({"format": FORMAT_VERSION, "created": _now_iso(), "tool": "pgsafe"}, indent=1)
+        w = storage.writer(FORMAT_KEY)
+        w.write(body.encode() + b"\n")
+        w.commit(overwrite=False)
+        return cls(storage, name), True
+
+    # -- metadata objects -----------------------------------------------------
+
+    def write_json(self, key: str, doc: dict[str, Any], overwrite: bool = True) -> bool:
+        blob, _ = codec.encode(json.dumps(doc, separators=(",", ":")).encode(), "zstd", 3)
+        w = self.storage.writer(key)
+        w.write(blob)
+        return w.commit(overwrite=overwrite)
+
+    def read_json(self, key: str) -> dict[str, Any]:
+        """Read a metadata object; its envelope digest proves it intact."""
+        try:
+            blob = self.storage.read(key)
+        except FileNotFoundError:
+            raise
+        try:
+            return json.loads(codec.decode(blob))
+        except (codec.CodecError, ValueError) as exc:
+            raise IntegrityError(f"{self.storage.location}/{key} is damaged: {exc}") from None
+
+    # -- clusters -------------------------------------------------------------
+
+    @staticmethod
+    def cluster_prefix(cluster: str) -> str:
+        return f"cluster/{cluster}"
+
+    def register_cluster(self, cluster: str, ident: ClusterIdentity) -> bool:
+        """Record the cluster's identity; True if newly registered. A different cluster
+        under the same name is refused."""
+        key = f"{self.cluster_prefix(cluster)}/cluster.json"
+        try:
+            self.check_cluster(cluster, ident)
+            return False
+        except RepositoryError:
+            pass
+        doc = {
+            "name": cluster,
+            "system_identifier": str(ident.system_identifier),
+            "pg_version": ident.pg_version,
+            "wal_segment_size": ident.wal_segment_size,
+            "block_size": ident.block_size,
+            "registered": _now_iso(),
+        }
+        self.write_json(key, doc, overwrite=False)
+        self.check_cluster(cluster, ident)
+        return True
+
+    def cluster_identity(self, cluster: str) -> ClusterIdentity:
+        key = f"{self.cluster_prefix(cluster)}/cluster.json"
+        try:
+            doc = self.read_json(key)
+        except FileNotFoundError:
+            raise RepositoryError(
+                f"cluster {cluster!r} is not registered in repository {self.name!r}; run `pgsafe init`"
+            ) from None
+        return ClusterIdentity(
+            int(doc["system_identifier"]), int(doc["pg_version"]), int(doc["wal_segment_size"]),
+            int(doc.get("block_size", 8192)),
+        )
+
+    def check_cluster(self, cluster: str, ident: ClusterIdentity) -> None:
+        known = self.cluster_identity(cluster)
+        if known.system_identifier != ident.system_identifier:
+            raise ClusterMismatch(
+                f"repository {self.name!r} holds cluster {cluster!r} with system identifier "
+                f"{known.system_identifier}, but the server has {ident.system_identifier}; "
+                "point this config at the right cluster or use a new repository"
+            )
+        if known.major != ident.major:
+            raise ClusterMismatch(
+                f"repository {self.name!r} holds cluster {cluster!r} of PostgreSQL {known.major}, "
+                f"but the server runs PostgreSQL {ident.major}; use a new repository after a major upgrade"
+            )
+
+    # -- backups and the catalog ----------------------------------------------
+
+    def backup_prefix(self, cluster: str, backup_id: str) -> str:
+        return f"{self.cluster_prefix(cluster)}/backup/{backup_id}"
+
+    def data_key(self, cluster: str, backup_id: str, number: int) -> str:
+        return f"{self.backup_prefix(cluster, backup_id)}/data/{number:06d}"
+
+    def commit_backup(self, cluster: str, manifest: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Write the manifest, then the catalog entry: the single commit point."""
+        backup_id = manifest["id"]
+        self.write_json(f"{self.backup_prefix(cluster, backup_id)}/manifest", manifest)
+        self.write_json(f"{self.cluster_prefix(cluster)}/catalog/{backup_id}.json", summary, overwrite=False)
+
+    def catalog(self, cluster: str) -> list[dict[str, Any]]:
+        """Summaries of every complete backup, oldest first."""
+        prefix = f"{self.cluster_prefix(cluster)}/catalog/"
+        keys = sorted(o.key for o in self.storage.list(prefix) if o.key.endswith(".json"))
+        entries = [self.read_json(key) for key in keys]
+        return sorted(entries, key=lambda e: (e["start_time"], e["id"]))
+
+    def manifest(self, cluster: str, backup_id: str) -> dict[str, Any]:
+        if self.storage.stat(f"{self.cluster_prefix(cluster)}/catalog/{backup_id}.json") is None:
+            raise NoBackup(f"no backup {backup_id!r} of cluster {cluster!r} in repository {self.name!r}; "
+                           "`pgsafe info` lists them")
+        try:
+            return self.read_json(f"{self.backup_prefix(cluster, backup_id)}/manifest")
+        except FileNotFoundError:
+            raise IntegrityError(f"backup {backup_id}: manifest is missing") from None
+
+    def collect_garbage(self, cluster: str) -> list[str]:
+        """Remove backup directories that never reached the commit point. Call only
+        while holding the cluster's backup lock, so no backup is being written."""
+        prefix = f"{self.cluster_prefix(cluster)}/backup/"
+        committed = {e["id"] for e in self.catalog(cluster)}
+        leftovers = {o.key[len(prefix):].split("/", 1)[0] for o in self.storage.list(prefix)}
+        local = self.storage.capabilities.local_files
+        if local:  # directories of killed runs may hold only temporary files
+            root = self.storage.local_path(prefix.rstrip("/"))
+            if os.path.isdir(root):
+                leftovers.update(os.listdir(root))
+        removed = []
+        for backup_id in sorted(leftovers - committed):
+            self.remove_prefix(f"{prefix}{backup_id}")
+            removed.append(backup_id)
+        return removed
+
+    def remove_prefix(self, prefix: str) -> None:
+        remover = getattr(self.storage, "remove_prefix", None)
+        if remover is not None:
+            remover(prefix)
+            return
+        for obj in list(self.storage.list(prefix + "/")):
+            self.storage.remove(obj.key)
+
+    # -- WAL ------------------------------------------------------------------
+
+    def wal_key(self, cluster: str, name: str) -> str:
+        """Key of an archived WAL file: segments (and .partial/.backup files) are grouped
+        by their first 16 characters, history files apart."""
+        if name.endswith(".history"):
+            return f"{self.cluster_prefix(cluster)}/wal/history/{name}"
+        return f"{self.cluster_prefix(cluster)}/wal/{name[:16]}/{name}"
+
+    def wal_files(self, cluster: str) -> list[str]:
+        prefix = f"{self.cluster_prefix(cluster)}/wal/"
+        return sorted(o.key.rsplit("/", 1)[1] for o in self.storage.list(prefix))
+
+    # -- locks ----------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, cluster: str, purpose: str) -> Iterator[None]:
+        """An exclusive lock per cluster and purpose (for example "backup"), released
+        by the kernel if the process dies."""
+        if self.storage.capabilities.local_files:
+            path = self.storage.local_path(f"{self.cluster_prefix(cluster)}/lock/{purpose}.lock")
+        else:
+            path = os.path.join("/tmp/pgsafe", f"{self.name}-{cluster}-{purpose}.lock")
+        makedirs = getattr(self.storage, "makedirs", None)
+        if makedirs is not None:
+            makedirs(os.path.dirname(path))
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        own = getattr(self.storage, "own", None)
+        if own is not None:
+            own(path)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                raise LockedError(
+                    f"another {purpose} of cluster {cluster!r} is running"
+                    + (f" (pid {holder})" if holder else "")
+                    + "; wait for it to finish"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+
+def open_repository(repo_config: Any) -> Repository:
+    return Repository.open(repo_config.type, repo_config.path, repo_config.name)
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
