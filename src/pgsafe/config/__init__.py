@@ -17,17 +17,36 @@ from pgsafe.errors import ConfigError, UsageError
 
 DEFAULT_CONFIG_PATH = "/etc/pgsafe/pgsafe.toml"
 COMPRESSIONS = ("zstd", "lz4", "gzip", "none")
+REPO_TYPES = ("posix", "s3")
+ENCRYPTIONS = ("none", "aes-256-gcm")
 
 
 @dataclass(frozen=True)
 class RepoConfig:
     name: str
-    path: str
+    path: str = ""
     type: str = "posix"
     compression: str = "zstd"
     compression_level: int = 3
     bundle_size: int = 16 * 1024 * 1024
     bundle_limit: int = 2 * 1024 * 1024
+    # object storage (type = "s3")
+    bucket: str | None = None
+    prefix: str = ""
+    region: str | None = None
+    endpoint: str | None = None
+    path_style: bool = False
+    # encryption
+    encryption: str = "none"
+    passphrase_env: str | None = None
+    passphrase_file: str | None = None
+    passphrase_command: str | None = None
+    # retention
+    retention_full: int | None = None
+    retention_full_days: float | None = None
+    retention_diff: int | None = None
+    retention_dump: int | None = None
+    retention_dump_days: float | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,7 @@ class ClusterConfig:
     user: str | None = None
     dbname: str | None = None
     archive_timeout: float = 60.0
+    archive_async: bool = False
 
     def conninfo_kwargs(self) -> dict[str, Any]:
         """libpq keywords; anything unset is left to PG* variables and libpq defaults."""
@@ -82,12 +102,26 @@ class Config:
 
 # key -> (type or tuple of types, required)
 _REPO_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    "path": (str, True),
+    "path": (str, False),
     "type": (str, False),
     "compression": (str, False),
     "compression_level": (int, False),
     "bundle_size": (int, False),
     "bundle_limit": (int, False),
+    "bucket": (str, False),
+    "prefix": (str, False),
+    "region": (str, False),
+    "endpoint": (str, False),
+    "path_style": (bool, False),
+    "encryption": (str, False),
+    "passphrase_env": (str, False),
+    "passphrase_file": (str, False),
+    "passphrase_command": (str, False),
+    "retention_full": (int, False),
+    "retention_full_days": ((int, float), False),
+    "retention_diff": (int, False),
+    "retention_dump": (int, False),
+    "retention_dump_days": ((int, float), False),
 }
 _CLUSTER_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "pgdata": (str, True),
@@ -96,6 +130,7 @@ _CLUSTER_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "user": (str, False),
     "dbname": (str, False),
     "archive_timeout": ((int, float), False),
+    "archive_async": (bool, False),
 }
 _GLOBAL_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "jobs": (int, False),
@@ -144,13 +179,23 @@ def _parse_repo(name: str, section: Any, path: str) -> RepoConfig:
     where = f"repo.{name}"
     values = _check_keys(_section(section, where, path), _REPO_KEYS, where, path)
     repo = RepoConfig(name=name, **values)
-    if repo.type != "posix":
-        raise ConfigError(f"{path}: {where}.type = {repo.type!r} is not supported; use \"posix\"")
+    if repo.type == "posix" and not repo.path:
+        raise ConfigError(f"{path}: missing required key {where}.path")
+    if repo.type not in REPO_TYPES:
+        raise ConfigError(f"{path}: {where}.type = {repo.type!r} is not supported; use one of {', '.join(REPO_TYPES)}")
+    if repo.type == "s3" and not repo.bucket:
+        raise ConfigError(f"{path}: missing required key {where}.bucket for type = \"s3\"")
+    if repo.encryption not in ENCRYPTIONS:
+        raise ConfigError(f"{path}: {where}.encryption = {repo.encryption!r}; choose one of {', '.join(ENCRYPTIONS)}")
+    for key in ("retention_full", "retention_full_days", "retention_diff", "retention_dump", "retention_dump_days"):
+        value = getattr(repo, key)
+        if value is not None and value < (1 if key in ("retention_full", "retention_diff", "retention_dump") else 0):
+            raise ConfigError(f"{path}: {where}.{key} = {value} must be positive")
     if repo.compression not in COMPRESSIONS:
         raise ConfigError(
             f"{path}: {where}.compression = {repo.compression!r}; choose one of {', '.join(COMPRESSIONS)}"
         )
-    if not os.path.isabs(repo.path):
+    if repo.type == "posix" and not os.path.isabs(repo.path):
         raise ConfigError(f"{path}: {where}.path must be an absolute path, got {repo.path!r}")
     limits = {"zstd": (-7, 22), "lz4": (0, 16), "gzip": (0, 9), "none": (0, 0)}[repo.compression]
     if "compression_level" in values and not limits[0] <= repo.compression_level <= limits[1]:

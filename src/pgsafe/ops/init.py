@@ -29,7 +29,7 @@ def run_init(config: Config, cluster: ClusterConfig) -> list[InitResult]:
     ident = ClusterIdentity(info.system_identifier, info.version_num, info.wal_segment_size, info.block_size)
     results = []
     for repo_config in config.repos:
-        repo, created = Repository.create(repo_config.type, repo_config.path, repo_config.name)
+        repo, created = Repository.create(repo_config)
         if created:
             _give_to_postgres_user(repo, cluster.pgdata)
         registered = repo.register_cluster(cluster.name, ident)

@@ -51,9 +51,12 @@ class Repository:
     # -- opening --------------------------------------------------------------
 
     @classmethod
-    def open(cls, kind: str, location: str, name: str = "main") -> "Repository":
-        """Open an existing repository; refuse a missing one or a newer format."""
-        repo = cls(open_storage(kind, location), name)
+    def open(cls, config: Any) -> "Repository":
+        """Open an existing repository (from its RepoConfig); refuse a missing one or a
+        newer format."""
+        name = config.name
+        repo = cls(open_storage(config), name)
+        location = repo.storage.location
         try:
             raw = repo.storage.read(FORMAT_KEY)
         except FileNotFoundError:
@@ -74,11 +77,12 @@ class Repository:
         return repo
 
     @classmethod
-    def create(cls, kind: str, location: str, name: str = "main") -> tuple["Repository", bool]:
+    def create(cls, config: Any) -> tuple["Repository", bool]:
         """Open the repository, creating it when absent. Returns (repo, created)."""
-        storage = open_storage(kind, location)
+        storage = open_storage(config)
+        name = config.name
         if storage.stat(FORMAT_KEY) is not None:
-            return cls.open(kind, location, name), False
+            return cls.open(config), False
         body = json.dumps({"format": FORMAT_VERSION, "created": _now_iso(), "tool": "pgsafe"}, indent=1)
         w = storage.writer(FORMAT_KEY)
         w.write(body.encode() + b"\n")
@@ -263,7 +267,7 @@ class Repository:
 
 
 def open_repository(repo_config: Any) -> Repository:
-    return Repository.open(repo_config.type, repo_config.path, repo_config.name)
+    return Repository.open(repo_config)
 
 
 def _now_iso() -> str:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pgsafe.storage.base import Capabilities, ObjectInfo, ObjectWriter, Storage, StorageError
 
 __all__ = ["Capabilities", "ObjectInfo", "ObjectWriter", "Storage", "StorageError", "open_storage"]
 
 
-def open_storage(kind: str, location: str) -> Storage:
-    """The driver for a repository type; imported lazily to keep start-up lean."""
-    if kind == "posix":
+def open_storage(repo: Any) -> Storage:
+    """The driver for a repository's configuration (a RepoConfig); every driver is
+    listed here and imported lazily to keep start-up lean."""
+    if repo.type == "posix":
         from pgsafe.storage.posix import PosixStorage
 
-        return PosixStorage(location)
-    raise StorageError(f"unknown storage type {kind!r}")
+        return PosixStorage(repo.path)
+    raise StorageError(f"unknown storage type {repo.type!r}")
