@@ -8,7 +8,8 @@ from pgsafe.cli.common import add_output
 
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="take an online backup")
-    p.add_argument("--type", choices=("full",), default="full", help="backup type (default: full)")
+    p.add_argument("--type", choices=("full", "diff", "incr"), default="full",
+                   help="full, diff (changes since the last full) or incr (since the last backup); default full")
     p.add_argument("--jobs", type=int, help="parallel workers (default: number of cores)")
     p.add_argument("--checkpoint", choices=("fast", "spread"), default="fast",
                    help="start with a fast (default) or spread checkpoint")
@@ -35,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if args.output == "json":
         print_json(result.__dict__)
         return 0
-    print(f"backup {result.id} ({result.type}) complete: {result.file_count} files, "
+    for notice in result.notices:
+        print(f"NOTICE: {notice}")
+    parent = f" on {result.parent}" if result.parent else ""
+    print(f"backup {result.id} ({result.type}{parent}) complete: {result.file_count} files, "
           f"{human_bytes(result.size)} stored as {human_bytes(result.stored_size)} in {result.duration:.1f} s; "
           f"WAL {result.wal_start} .. {result.wal_stop}")
     for err in result.checksum_errors:

@@ -23,6 +23,8 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--target-timeline", help="timeline to follow: a number, current or latest (default)")
     p.add_argument("--tablespace-map", action="append", default=[], metavar="OLD=NEW",
                    help="restore tablespace OLD (oid or location) into NEW; repeatable")
+    p.add_argument("--delta", action="store_true",
+                   help="reuse the files of a stopped cluster in the target: rewrite only what differs")
     p.add_argument("--standby", action="store_true", help="write standby.signal instead of recovery.signal")
     p.add_argument("--jobs", type=int, help="parallel workers (default: number of cores)")
     add_output(p)
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_restore(cluster, config.repo(args.repo), target_dir=args.target_dir,
                              restore_command=command, target=target, set_id=args.set_id,
-                             tablespace_map=mapping, standby=args.standby, jobs=args.jobs or config.jobs,
+                             tablespace_map=mapping, standby=args.standby, delta=args.delta, jobs=args.jobs or config.jobs,
                              progress=bar)
     finally:
         bar.close()
@@ -60,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"restored backup {result.backup_id} into {result.target_dir}: {result.file_count} files, "
           f"{human_bytes(result.size)} in {result.duration:.1f} s")
+    if result.delta:
+        print(f"  delta: {result.files_kept} files kept, {result.files_written} rewritten "
+              f"({human_bytes(result.bytes_written)}), {result.files_removed} removed")
     for key, value in result.recovery_settings.items():
         print(f"  {key} = '{value}'")
     print("start the server to recover" + (" as a standby" if args.standby else ""))

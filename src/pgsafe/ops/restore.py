@@ -22,6 +22,8 @@ from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import IntegrityError, RestoreError
 from pgsafe.pg.recovery import RecoveryTarget, write_recovery_settings
 from pgsafe.policy.target import choose_backup, validate_target
+from pgsafe.repo.content import decode_small, iter_blocks, read_ref
+from pgsafe.repo.manifest import BLOCK_SIZE, DIGEST_SIZE, FileEntry, Ref, block_digests, entries
 from pgsafe.repo.repository import Repository, open_repository
 
 Progress = Callable[[int, int], None]
@@ -35,6 +37,11 @@ class RestoreResult:
     file_count: int
     duration: float
     recovery_settings: dict[str, str]
+    delta: bool = False
+    files_kept: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    files_removed: int = 0
 
 
 def run_restore(
@@ -47,6 +54,7 @@ def run_restore(
     set_id: str | None = None,
     tablespace_map: dict[str, str] | None = None,
     standby: bool = False,
+    delta: bool = False,
     jobs: int | None = None,
     progress: Progress | None = None,
 ) -> RestoreResult:
@@ -54,29 +62,125 @@ def run_restore(
     # bad values are errors before anything is written
     validate_target(target)
     target_dir = os.path.abspath(target_dir)
-    _require_empty(target_dir, "target directory")
+    delta = delta and _has_entries(target_dir)
+    if delta:
+        _require_stopped(target_dir)
+    else:
+        _require_empty(target_dir, "target directory")
     repo = open_repository(repo_config)
     backup = choose_backup(repo.catalog(cluster.name), target, set_id)
     manifest = repo.manifest(cluster.name, backup["id"])
     locations = _tablespace_locations(manifest, tablespace_map or {})
-    for location in locations.values():
-        _require_empty(location, "tablespace directory")
+    if not delta:
+        for location in locations.values():
+            _require_empty(location, "tablespace directory")
 
     created: list[tuple[str, bool]] = []  # (directory, made by us) to undo on failure
     try:
-        _make_tree(target_dir, manifest, locations, created)
-        _restore_files(repo, cluster.name, manifest, target_dir, jobs or os.cpu_count() or 2, progress)
+        if delta:
+            # a half-done delta restore must not look like a startable cluster
+            _unlink(os.path.join(target_dir, CONTROL_FILE))
+        _make_tree(target_dir, manifest, locations, created, delta)
+        stats = _restore_files(repo, cluster.name, manifest, target_dir, jobs or os.cpu_count() or 2,
+                               progress, delta)
+        if delta:
+            stats.add(removed=_remove_extra(target_dir, manifest, locations))
         if locations:
             _rewrite_tablespace_map(target_dir, locations)
         settings = {"restore_command": restore_command, **target.settings()}
         write_recovery_settings(target_dir, settings, standby)
+        _restore_control_file(repo, cluster.name, manifest, target_dir)
         _give_to_owner(target_dir, list(locations.values()), manifest.get("owner", {}))
         os.sync()
     except BaseException:
-        _undo(created)
+        if not delta:
+            _undo(created)
         raise
     return RestoreResult(backup["id"], target_dir, manifest["size"], len(manifest["files"]),
-                         time.monotonic() - started, settings)
+                         time.monotonic() - started, settings, delta, stats.kept, stats.written,
+                         stats.bytes_written, stats.removed)
+
+
+CONTROL_FILE = "global/pg_control"
+
+
+def _has_entries(path: str) -> bool:
+    return os.path.isdir(path) and bool(os.listdir(path))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _require_stopped(target_dir: str) -> None:
+    """Delta restore rewrites a data directory in place: never under a running server."""
+    pidfile = os.path.join(target_dir, "postmaster.pid")
+    try:
+        with open(pidfile) as f:
+            pid = int(f.readline().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return
+    if pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return  # stale pid file of a crashed server
+        except PermissionError:
+            pass
+        raise RestoreError(
+            f"a PostgreSQL server (pid {pid}) is running on {target_dir}; stop it before a delta restore"
+        )
+
+
+def _remove_extra(target_dir: str, manifest: dict[str, Any], locations: dict[int, str]) -> int:
+    """Delta restore: remove what the backup does not have (files, then directories)."""
+    keep_files = {f["path"] for f in manifest["files"]}
+    keep_dirs = {d["path"] for d in manifest["directories"]}
+    removed = 0
+    for dirpath, dirs, files in os.walk(target_dir, topdown=False, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, target_dir)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if rel in keep_files or rel in keep_dirs:
+                continue
+            os.unlink(os.path.join(dirpath, name))
+            removed += 1
+        for name in dirs:
+            full = os.path.join(dirpath, name)
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if not os.path.islink(full) and rel not in keep_dirs:
+                os.rmdir(full)
+    for oid, location in locations.items():
+        prefix = f"pg_tblspc/{oid}"
+        for dirpath, dirs, files in os.walk(location, topdown=False):
+            rel_dir = os.path.relpath(dirpath, location)
+            rel_dir = prefix if rel_dir == "." else f"{prefix}/{rel_dir}"
+            for name in files:
+                if f"{rel_dir}/{name}" not in keep_files:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+            for name in dirs:
+                if f"{rel_dir}/{name}" not in keep_dirs:
+                    shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+    return removed
+
+
+def _restore_control_file(repo: Repository, cluster: str, manifest: dict[str, Any], target_dir: str) -> None:
+    """pg_control is written last, once everything else is in place."""
+    for f in manifest["files"]:
+        if f["path"] == CONTROL_FILE:
+            entry = FileEntry.from_dict(f)
+            assert entry.ref is not None
+            key = repo.data_key(cluster, entry.ref.backup, entry.ref.object)
+            path = safe_join(target_dir, CONTROL_FILE)
+            _write_small(path, decode_small(read_ref(repo, cluster, entry.ref, entry.path), entry, key))
+            _set_attrs(path, entry)
+            return
+    raise IntegrityError(f"backup {manifest['id']} has no {CONTROL_FILE}")
 
 
 def restore_command_for(pgsafe: str, config_path: str, cluster: str, several_clusters: bool) -> str:
@@ -142,7 +246,7 @@ def _undo(created: list[tuple[str, bool]]) -> None:
 
 
 def _make_tree(target_dir: str, manifest: dict[str, Any], locations: dict[int, str],
-               created: list[tuple[str, bool]]) -> None:
+               created: list[tuple[str, bool]], delta: bool) -> None:
     for path in [target_dir, *locations.values()]:
         made = not os.path.exists(path)
         os.makedirs(path, 0o700, exist_ok=True)
@@ -151,20 +255,36 @@ def _make_tree(target_dir: str, manifest: dict[str, Any], locations: dict[int, s
     tablespace_links = {f"pg_tblspc/{oid}" for oid in locations}
     for entry in sorted(manifest["directories"], key=lambda d: d["path"]):
         rel = entry["path"]
-        if rel in tablespace_links:
-            oid = int(rel.split("/")[1])
-            os.symlink(locations[oid], safe_join(target_dir, rel))
-            continue
         path = safe_join(target_dir, rel)
+        if rel in tablespace_links:
+            location = locations[int(rel.split("/")[1])]
+            if delta and os.path.islink(path) and os.readlink(path) == location:
+                continue
+            if os.path.lexists(path):
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+            os.symlink(location, path)
+            continue
+        if delta and (os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path))):
+            os.unlink(path)
         os.makedirs(path, exist_ok=True)
         os.chmod(path, entry["mode"] & 0o777)
 
 
 def _restore_files(repo: Repository, cluster: str, manifest: dict[str, Any], target_dir: str, jobs: int,
-                   progress: Progress | None) -> None:
-    by_object: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for f in manifest["files"]:
-        by_object[f["object"]].append(f)
+                   progress: Progress | None, delta: bool) -> DeltaStats:
+    """Write every file, in parallel: bundles read once, large files block by block."""
+    stats = DeltaStats()
+    files = entries(manifest)
+    blockmap = repo.read_blockmap(cluster, manifest["id"]) if delta and any(f.is_large for f in files) else b""
+    bundles: dict[tuple[str, int], list[FileEntry]] = defaultdict(list)
+    large: list[FileEntry] = []
+    for f in files:
+        if f.path == CONTROL_FILE:
+            continue
+        if f.is_large:
+            large.append(f)
+        elif f.ref is not None:
+            bundles[(f.ref.backup, f.ref.object)].append(f)
     total = manifest["size"]
     done = [0]
     lock = threading.Lock()
@@ -176,27 +296,41 @@ def _restore_files(repo: Repository, cluster: str, manifest: dict[str, Any], tar
         if progress is not None:
             progress(now, total)
 
-    def restore_object(number: int, files: list[dict[str, Any]]) -> None:
-        key = repo.data_key(cluster, manifest["id"], number)
-        if len(files) == 1 and files[0]["offset"] == 0:
-            _restore_streamed(repo, key, files[0], target_dir, advance)
-            return
-        try:
-            blob = repo.storage.read(key)
-        except FileNotFoundError:
-            raise IntegrityError(f"{files[0]['path']}: stored object {key} is missing") from None
-        for f in files:
-            piece = blob[f["offset"]:f["offset"] + f["length"]]
-            try:
-                data = codec.decode_verified(piece, f["checksum"], f["path"])
-            except codec.CodecError as exc:
-                raise IntegrityError(f"{f['path']}: {exc} (object {key})") from None
-            _write_file(safe_join(target_dir, f["path"]), data, f)
-            advance(f["size"])
+    def restore_bundle(group: list[FileEntry]) -> None:
+        first = group[0]
+        assert first.ref is not None
+        todo = [f for f in group if not (delta and _same_small(safe_join(target_dir, f.path), f))]
+        stats.add(kept=len(group) - len(todo))
+        if todo:
+            key = repo.data_key(cluster, first.ref.backup, first.ref.object)
+            lo = min(f.ref.offset for f in todo if f.ref)
+            hi = max(f.ref.offset + f.ref.length for f in todo if f.ref)
+            blob = read_ref(repo, cluster, Ref(first.ref.backup, first.ref.object, lo, hi - lo), first.path)
+            for f in todo:
+                assert f.ref is not None
+                data = decode_small(blob[f.ref.offset - lo:f.ref.offset - lo + f.ref.length], f, key)
+                _write_small(safe_join(target_dir, f.path), data)
+                stats.add(written=1, bytes_written=len(data))
+        for f in group:
+            _set_attrs(safe_join(target_dir, f.path), f)
+            advance(f.size)
 
-    ordered = sorted(by_object.items(), key=lambda kv: -sum(f["size"] for f in kv[1]))
+    def restore_large(f: FileEntry) -> None:
+        path = safe_join(target_dir, f.path)
+        differing = _differing_blocks(path, f, blockmap) if delta else None
+        if differing is not None and not differing:
+            stats.add(kept=1)
+        else:
+            written = _write_large(repo, cluster, f, path, differing, advance)
+            stats.add(written=1, bytes_written=written)
+        if differing is not None and not differing:
+            advance(f.size)
+        _set_attrs(path, f)
+
+    tasks = [lambda f=f: restore_large(f) for f in sorted(large, key=lambda f: -f.size)]
+    tasks += [lambda g=g: restore_bundle(g) for g in bundles.values()]
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pgsafe-restore") as pool:
-        futures = [pool.submit(restore_object, number, files) for number, files in ordered]
+        futures = [pool.submit(t) for t in tasks]
         try:
             for fut in futures:
                 fut.result()
@@ -204,35 +338,94 @@ def _restore_files(repo: Repository, cluster: str, manifest: dict[str, Any], tar
             for fut in futures:
                 fut.cancel()
             raise
+    return stats
 
 
-def _restore_streamed(repo: Repository, key: str, f: dict[str, Any], target_dir: str,
-                      advance: Callable[[int], None]) -> None:
-    path = safe_join(target_dir, f["path"])
-    digest = codec.new_digest()
+@dataclass
+class DeltaStats:
+    kept: int = 0
+    written: int = 0
+    bytes_written: int = 0
+    removed: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, kept: int = 0, written: int = 0, bytes_written: int = 0, removed: int = 0) -> None:
+        with self._lock:
+            self.kept += kept
+            self.written += written
+            self.bytes_written += bytes_written
+            self.removed += removed
+
+
+def _same_small(path: str, f: FileEntry) -> bool:
     try:
-        src = repo.storage.open(key)
-    except FileNotFoundError:
-        raise IntegrityError(f"{f['path']}: stored object {key} is missing") from None
-    with src, open(path, "wb") as out:
-        try:
-            for data in codec.decode_chunks(iter(lambda: src.read(codec.CHUNK), b"")):
-                digest.update(data)
-                out.write(data)
-                advance(len(data))
-        except codec.CodecError as exc:
-            raise IntegrityError(f"{f['path']}: {exc} (object {key})") from None
-    if digest.hexdigest() != f["checksum"]:
-        raise IntegrityError(f"{f['path']}: restored content does not match its recorded checksum (object {key})")
-    os.chmod(path, f["mode"] & 0o777)
-    os.utime(path, (f["mtime"], f["mtime"]))
+        with open(path, "rb") as src:
+            data = src.read(f.size + 1)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return False
+    return len(data) == f.size and codec.digest_hex(data) == f.checksum
 
 
-def _write_file(path: str, data: bytes, f: dict[str, Any]) -> None:
+def _differing_blocks(path: str, f: FileEntry, blockmap: bytes) -> set[int] | None:
+    """Blocks of an existing file that differ from the backup's block map; None when
+    the file is absent (write it all)."""
+    assert f.blockmap is not None
+    first, count = f.blockmap
+    want = blockmap[first * DIGEST_SIZE:(first + count) * DIGEST_SIZE]
+    try:
+        src = open(path, "rb", buffering=0)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    differing: set[int] = set()
+    with src:
+        index = 0
+        while True:
+            chunk = src.read(codec.CHUNK)
+            if not chunk:
+                break
+            for digest in block_digests(chunk):
+                if index >= count or want[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] != digest:
+                    differing.add(index)
+                index += 1
+    differing.update(range(index, count))  # blocks missing at the end
+    if os.path.getsize(path) != f.size:
+        differing.add(max(count - 1, 0))
+    return differing
+
+
+def _write_large(repo: Repository, cluster: str, f: FileEntry, path: str, differing: set[int] | None,
+                 advance: Callable[[int], None]) -> int:
+    """Rebuild a large file; with `differing`, rewrite only those blocks in place.
+    The whole-file checksum is checked over everything rebuilt."""
+    digest = codec.new_digest()
+    written = 0
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if differing is not None else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        for index, data in iter_blocks(repo, cluster, f):
+            digest.update(data)
+            if differing is None or index in differing:
+                os.pwrite(fd, data, index * BLOCK_SIZE)
+                written += len(data)
+            advance(len(data))
+        os.ftruncate(fd, f.size)
+    finally:
+        os.close(fd)
+    if digest.hexdigest() != f.checksum:
+        raise IntegrityError(f"{f.path}: restored content does not match its recorded checksum")
+    return written
+
+
+def _write_small(path: str, data: bytes) -> None:
     with open(path, "wb") as out:
         out.write(data)
-    os.chmod(path, f["mode"] & 0o777)
-    os.utime(path, (f["mtime"], f["mtime"]))
+
+
+def _set_attrs(path: str, f: FileEntry) -> None:
+    os.chmod(path, f.mode & 0o777)
+    os.utime(path, (f.mtime, f.mtime))
 
 
 def _rewrite_tablespace_map(target_dir: str, locations: dict[int, str]) -> None:

@@ -170,9 +170,26 @@ class Repository:
     def data_key(self, cluster: str, backup_id: str, number: int) -> str:
         return f"{self.backup_prefix(cluster, backup_id)}/data/{number:06d}"
 
-    def commit_backup(self, cluster: str, manifest: dict[str, Any], summary: dict[str, Any]) -> None:
-        """Write the manifest, then the catalog entry: the single commit point."""
+    def write_blockmap(self, cluster: str, backup_id: str, blockmap: bytes) -> None:
+        blob, _ = codec.encode(blockmap, "zstd", 1)
+        w = self.storage.writer(f"{self.backup_prefix(cluster, backup_id)}/blockmap")
+        w.write(blob)
+        w.commit()
+
+    def read_blockmap(self, cluster: str, backup_id: str) -> bytes:
+        key = f"{self.backup_prefix(cluster, backup_id)}/blockmap"
+        try:
+            return codec.decode(self.storage.read(key))
+        except FileNotFoundError:
+            raise IntegrityError(f"backup {backup_id}: block map is missing") from None
+        except codec.CodecError as exc:
+            raise IntegrityError(f"backup {backup_id}: block map is damaged: {exc}") from None
+
+    def commit_backup(self, cluster: str, manifest: dict[str, Any]) -> None:
+        """Write the manifest, then the catalog entry (the manifest without its file
+        and directory lists): the single commit point."""
         backup_id = manifest["id"]
+        summary = {k: v for k, v in manifest.items() if k not in ("files", "directories")}
         self.write_json(f"{self.backup_prefix(cluster, backup_id)}/manifest", manifest)
         self.write_json(f"{self.cluster_prefix(cluster)}/catalog/{backup_id}.json", summary, overwrite=False)
 
