@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"backup {result.id} ({result.type}{parent}) complete: {result.file_count} files, "
           f"{human_bytes(result.size)} stored as {human_bytes(result.stored_size)} in {result.duration:.1f} s; "
           f"WAL {result.wal_start} .. {result.wal_stop}")
+    if result.expired or result.wal_expired:
+        print(f"expired: {', '.join(result.expired) or 'no backups'}; {result.wal_expired} WAL files")
     for err in result.checksum_errors:
         print(f"WARNING: page checksum failures in {err['path']}: blocks {err['blocks']}")
     return 0

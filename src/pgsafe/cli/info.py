@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         if not c["backups"]:
             print("  no backups")
         for b in c["backups"]:
-            print(f"  {b['id']}  {b['type']:<5} {b['start_time'][:19]} .. {b['stop_time'][:19]}  "
+            parent = f" on {b['parent']}" if b["parent"] else ""
+            pin = " pinned" if b.get("pinned") else ""
+            print(f"  {b['id']}  {b['type']:<4}{parent}{pin}  {b['start_time'][:19]} .. {b['stop_time'][:19]}  "
                   f"{human_bytes(b['size'])} -> {human_bytes(b['stored_size'])}  "
                   f"lsn {b['start_lsn']}..{b['stop_lsn']}  tl {b['timeline']}  wal {b['wal_start']}..{b['wal_stop']}")
             for err in b.get("checksum_errors") or []:

@@ -18,6 +18,10 @@ COMMANDS = {
     "backup": "pgsafe.cli.backup",
     "info": "pgsafe.cli.info",
     "restore": "pgsafe.cli.restore",
+    "expire": "pgsafe.cli.expire",
+    "verify": "pgsafe.cli.verify",
+    "pin": "pgsafe.cli.pin",
+    "unpin": "pgsafe.cli.pin",
     "archive-push": "pgsafe.cli.archive",
     "archive-get": "pgsafe.cli.archive",
 }

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from pgsafe import codec
 from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import BackupFailed, IntegrityError
+from pgsafe.ops.expire import expire_locked, policy_of
 from pgsafe.ops.filecopy import FileCopier, Parent, encode_blockmap
 from pgsafe.pg import backup_api, wal
 from pgsafe.pg.conn import ServerInfo, connect, server_info
@@ -43,6 +44,8 @@ class BackupResult:
     checksum_errors: list[dict[str, Any]] = field(default_factory=list)
     removed_leftovers: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    wal_expired: int = 0
 
 
 def run_backup(
@@ -100,12 +103,15 @@ def run_backup(
         manifest = _manifest(backup_id, backup_type, parent, info, start, stop, segments, files, copier,
                              directories, tablespaces, owner, repo_config)
         repo.commit_backup(cluster.name, manifest)
+        # retention runs after each successful backup
+        expired = expire_locked(repo, cluster.name, policy_of(repo_config))
     return BackupResult(
         id=backup_id, type=backup_type, parent=manifest["parent"], size=manifest["size"],
         stored_size=manifest["stored_size"], file_count=len(files), start_lsn=manifest["start_lsn"],
         stop_lsn=manifest["stop_lsn"], wal_start=segments[0], wal_stop=segments[-1],
         duration=time.monotonic() - started, checksum_errors=copier.checksum_errors,
         removed_leftovers=removed, notices=notices,
+        expired=[e.backup_id for e in expired.backups], wal_expired=len(expired.wal_removed),
     )
 
 

@@ -24,9 +24,12 @@ def run_info(clusters: list[ClusterConfig], repo_config: RepoConfig) -> dict[str
                         "pg_version": None, "backups": [], "wal": [], "recoverable": None})
             continue
         backups = []
+        pinned = repo.pins(cluster.name)
         for entry in repo.catalog(cluster.name):
             item = {k: entry.get(k) for k in BACKUP_FIELDS}
             item["file_count"] = entry.get("file_count")
+            item["pinned"] = entry["id"] in pinned
+            item["references"] = entry.get("references", [])
             item["checksum_errors"] = entry.get("checksum_errors", [])
             backups.append(item)
         ranges = wal_ranges(repo.wal_files(cluster.name), ident.wal_segment_size)

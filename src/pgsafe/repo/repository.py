@@ -10,6 +10,7 @@ Layout (keys relative to the repository root)::
     cluster/<name>/catalog/<id>.json              summary of a complete backup: THE COMMIT POINT
     cluster/<name>/wal/<TTTTTTTTXXXXXXXX>/<name>  WAL segments, .partial and .backup files
     cluster/<name>/wal/history/<TL>.history       timeline history files
+    cluster/<name>/pin/<id>                       a pinned backup (retention never removes it)
     cluster/<name>/lock/                          lock files (flock; never hold data)
 """
 
@@ -208,6 +209,28 @@ class Repository:
             return self.read_json(f"{self.backup_prefix(cluster, backup_id)}/manifest")
         except FileNotFoundError:
             raise IntegrityError(f"backup {backup_id}: manifest is missing") from None
+
+    def delete_backup(self, cluster: str, backup_id: str) -> None:
+        """Un-commit first (the catalog entry), then remove the data: a crash in between
+        leaves garbage that collect_garbage removes, never a visible broken backup."""
+        self.storage.remove(f"{self.cluster_prefix(cluster)}/catalog/{backup_id}.json")
+        self.storage.remove(f"{self.cluster_prefix(cluster)}/pin/{backup_id}")
+        self.remove_prefix(self.backup_prefix(cluster, backup_id))
+
+    # -- pins -------------------------------------------------------------------
+
+    def pins(self, cluster: str) -> set[str]:
+        prefix = f"{self.cluster_prefix(cluster)}/pin/"
+        return {o.key[len(prefix):] for o in self.storage.list(prefix)}
+
+    def set_pin(self, cluster: str, backup_id: str, pinned: bool) -> None:
+        key = f"{self.cluster_prefix(cluster)}/pin/{backup_id}"
+        if pinned:
+            w = self.storage.writer(key)
+            w.write(_now_iso().encode())
+            w.commit()
+        else:
+            self.storage.remove(key)
 
     def collect_garbage(self, cluster: str) -> list[str]:
         """Remove backup directories that never reached the commit point. Call only
