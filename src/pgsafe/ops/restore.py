@@ -20,6 +20,7 @@ from typing import Any, Callable
 from pgsafe import codec
 from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import IntegrityError, RestoreError
+from pgsafe.pg import wal
 from pgsafe.pg.recovery import RecoveryTarget, write_recovery_settings
 from pgsafe.policy.target import choose_backup, validate_target
 from pgsafe.repo.content import decode_small, iter_blocks, read_ref
@@ -68,7 +69,8 @@ def run_restore(
     else:
         _require_empty(target_dir, "target directory")
     repo = open_repository(repo_config)
-    backup = choose_backup(repo.catalog(cluster.name), target, set_id)
+    timeline, history = _target_timeline(repo, cluster.name, target)
+    backup = choose_backup(repo.catalog(cluster.name), target, set_id, timeline, history)
     manifest = repo.manifest(cluster.name, backup["id"])
     locations = _tablespace_locations(manifest, tablespace_map or {})
     if not delta:
@@ -102,6 +104,23 @@ def run_restore(
 
 
 CONTROL_FILE = "global/pg_control"
+
+
+def _target_timeline(repo: Repository, cluster: str, target: RecoveryTarget) -> tuple[int | None, list[Any]]:
+    """The timeline recovery will follow (None: each backup's own), with its history."""
+    if target.timeline == "current":
+        return None, []
+    histories = sorted(wal.timeline_of(n) for n in repo.wal_files(cluster) if wal.is_history(n))
+    if target.timeline is None or target.timeline == "latest":
+        if not histories:
+            return None, []
+        timeline = histories[-1]
+    else:
+        timeline = int(target.timeline)
+    if timeline == 1 or timeline not in histories:
+        return timeline, []
+    text = codec.decode(repo.storage.read(repo.wal_key(cluster, wal.history_name(timeline)))).decode()
+    return timeline, wal.parse_history(text)
 
 
 def _has_entries(path: str) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pgsafe.errors import NoBackup, RestoreError, UsageError
 from pgsafe.pg.recovery import RecoveryTarget
-from pgsafe.pg.wal import parse_lsn
+from pgsafe.pg.wal import HistoryEntry, parse_lsn
 
 
 def parse_target_time(text: str) -> datetime:
@@ -59,8 +59,23 @@ def reaches(backup: dict[str, Any], target: RecoveryTarget) -> bool:
     return True
 
 
-def choose_backup(catalog: list[dict[str, Any]], target: RecoveryTarget, set_id: str | None) -> dict[str, Any]:
-    """The named backup (which must reach the target), else the newest that does."""
+def on_timeline_path(backup: dict[str, Any], timeline: int, history: list[HistoryEntry]) -> bool:
+    """Can recovery from this backup follow `timeline`? Yes if the backup is on it, or
+    on an ancestor that it left after the backup's consistent point."""
+    tl = int(backup["timeline"])
+    if tl == timeline:
+        return True
+    for entry in history:
+        if entry.parent_timeline == tl:
+            return parse_lsn(backup["stop_lsn"]) <= entry.switch_lsn
+    return False
+
+
+def choose_backup(catalog: list[dict[str, Any]], target: RecoveryTarget, set_id: str | None,
+                  timeline: int | None = None, history: list[HistoryEntry] | None = None) -> dict[str, Any]:
+    """The named backup (which must reach the target), else the newest that does.
+    With `timeline` (the timeline recovery will follow, with its history), only
+    backups on its path qualify."""
     if not catalog:
         raise NoBackup("the repository holds no backup of this cluster; run `pgsafe backup` first")
     if set_id is not None:
@@ -73,8 +88,10 @@ def choose_backup(catalog: list[dict[str, Any]], target: RecoveryTarget, set_id:
                 return backup
         raise NoBackup(f"no backup {set_id!r}; `pgsafe info` lists the backups")
     candidates = catalog
-    if target.timeline and target.timeline.isdigit():
-        candidates = [b for b in catalog if int(b["timeline"]) <= int(target.timeline)] or catalog
+    if timeline is not None:
+        candidates = [b for b in catalog if on_timeline_path(b, timeline, history or [])]
+        if not candidates:
+            raise NoBackup(f"no backup lies on the path of timeline {timeline}; `pgsafe info` lists the backups")
     for backup in reversed(candidates):
         if reaches(backup, target):
             return backup

@@ -16,4 +16,9 @@ def open_storage(repo: Any) -> Storage:
         from pgsafe.storage.posix import PosixStorage
 
         return PosixStorage(repo.path)
+    if repo.type == "s3":
+        from pgsafe.storage.retry import RetryingStorage
+        from pgsafe.storage.s3 import S3Storage
+
+        return RetryingStorage(S3Storage(repo))
     raise StorageError(f"unknown storage type {repo.type!r}")
