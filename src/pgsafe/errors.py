@@ -96,6 +96,19 @@ class NoBackup(PgsafeError):
     exit_code = 13
 
 
+class StorageFailure(PgsafeError):
+    """Reading or writing a repository or a local file failed (I/O error, disk full,
+    permission denied, object store unreachable)."""
+
+    exit_code = 14
+
+
+class PassphraseError(PgsafeError):
+    """An encrypted repository's passphrase is missing or wrong; nothing was written."""
+
+    exit_code = 15
+
+
 class Interrupted(PgsafeError):
     """The command was interrupted by a signal; nothing partial was left visible."""
 

@@ -30,10 +30,24 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+# PostgreSQL treats exit codes 1..125 from restore_command as "no such file" and ends
+# recovery there; above 125 it stops recovery. Anything but "not found" must stop it:
+# a damaged or unreachable archive must never silently cut a recovery short.
+FATAL_FOR_POSTGRES = 126
+
+
 def run_get(args: argparse.Namespace) -> int:
     from pgsafe.cli.common import load
+    from pgsafe.cli.main import report_error
+    from pgsafe.errors import NotFound, PgsafeError
     from pgsafe.ops.archive import archive_get
 
-    config, cluster = load(args)
-    archive_get(config, cluster, args.name, args.dest)
+    try:
+        config, cluster = load(args)
+        archive_get(config, cluster, args.name, args.dest)
+    except NotFound:
+        raise
+    except PgsafeError as exc:
+        report_error(exc.message)
+        return FATAL_FOR_POSTGRES
     return 0

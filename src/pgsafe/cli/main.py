@@ -47,30 +47,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pgsafe.errors import Interrupted, PgsafeError
+    from pgsafe.errors import Interrupted, PgsafeError, StorageFailure
+    from pgsafe.storage.base import StorageError
 
     args = None
     try:
         args = build_parser().parse_args(argv)
         return int(args.run(args) or 0)
     except PgsafeError as exc:
-        _error(exc.message)
+        report_error(exc.message)
         if args is not None and args.debug:
             raise
         return exc.exit_code
+    except OSError as exc:  # disk full, permission denied, I/O error, ...
+        if args is not None and args.debug:
+            raise
+        what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        report_error(f"I/O error: {what}")
+        return StorageFailure.exit_code
     except KeyboardInterrupt:
-        _error(Interrupted("interrupted").message)
+        report_error(Interrupted("interrupted").message)
         return Interrupted.exit_code
     except BrokenPipeError:
         return 0
+    except StorageError as exc:
+        if args is not None and args.debug:
+            raise
+        report_error(f"storage error: {exc}")
+        return StorageFailure.exit_code
     except Exception as exc:  # a bug: say so in one line; --debug shows where
         if args is not None and args.debug:
             raise
-        _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+        report_error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
         return 99
 
 
-def _error(message: str) -> None:
+def report_error(message: str) -> None:
     sys.stderr.write(f"pgsafe: error: {message}\n")
     sys.stderr.flush()
 

@@ -10,6 +10,8 @@ The codec does not know what it carries.
 
 from __future__ import annotations
 
+import itertools
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ ENVELOPE_VERSION = 1
 HEADER = struct.Struct("<4sBBBBQ16s")
 HEADER_SIZE = HEADER.size  # 32
 FLAG_DIGEST = 0x01
+ENCRYPTION_AES_GCM = 1
 
 COMPRESSION_IDS = {"none": 0, "zstd": 1, "lz4": 2, "gzip": 3}
 COMPRESSION_NAMES = {v: k for k, v in COMPRESSION_IDS.items()}
@@ -48,10 +51,12 @@ class Header:
     digest: bytes | None
 
 
-def pack_header(compression: str, size: int | None = None, digest: bytes | None = None) -> bytes:
+def pack_header(compression: str, size: int | None = None, digest: bytes | None = None,
+                encrypted: bool = False) -> bytes:
     flags = FLAG_DIGEST if digest is not None else 0
     return HEADER.pack(
-        MAGIC, ENVELOPE_VERSION, COMPRESSION_IDS[compression], 0, flags, size or 0, digest or bytes(16)
+        MAGIC, ENVELOPE_VERSION, COMPRESSION_IDS[compression], ENCRYPTION_AES_GCM if encrypted else 0,
+        flags, size or 0, digest or bytes(16)
     )
 
 
@@ -65,6 +70,10 @@ def read_header(data: bytes | memoryview) -> Header:
         raise CodecError(f"object envelope version {version} is not supported")
     if comp not in COMPRESSION_NAMES:
         raise CodecError(f"unknown compression id {comp}")
+    if enc not in (0, ENCRYPTION_AES_GCM):
+        raise CodecError(f"unknown encryption id {enc}")
+    if flags & ~FLAG_DIGEST:
+        raise CodecError(f"unknown envelope flags {flags:#x}")
     has = bool(flags & FLAG_DIGEST)
     return Header(COMPRESSION_NAMES[comp], enc, size if has else None, digest if has else None)
 
@@ -114,35 +123,126 @@ def _decompressor(compression: str) -> Callable[[bytes], bytes]:
 
 
 class Encoder:
-    """Streaming encoder: feed original bytes, get envelope bytes; digests as it goes."""
+    """Streaming encoder: feed original bytes, get envelope bytes; digests as it goes.
+    The first bytes out are the header (and, encrypted, the salt)."""
 
-    def __init__(self, compression: str, level: int, size: int | None = None, digest: bytes | None = None):
+    def __init__(self, compression: str, level: int, size: int | None = None, digest: bytes | None = None,
+                 data_key: bytes | None = None):
         self._update, self._flush = _compressor(compression, level)
         self.compression = compression
-        self.header = pack_header(compression, size, digest)
         self.digest = new_digest()
         self.size = 0
+        if data_key is None:
+            self.header = pack_header(compression, size, digest)
+            self._seal: _Sealer | None = None
+        else:
+            head = pack_header(compression, None, None, encrypted=True)
+            self._seal = _Sealer(data_key, head)
+            self.header = head + self._seal.salt + self._seal.feed(pack_inner(size, digest))
 
     def update(self, data: bytes | memoryview) -> bytes:
         self.digest.update(data)
         self.size += len(data)
-        return self._update(data)
+        out = self._update(data)
+        return self._seal.feed(out) if self._seal is not None else out
 
     def finish(self) -> bytes:
-        return self._flush()
+        out = self._flush()
+        return self._seal.feed(out) + self._seal.finish() if self._seal is not None else out
 
 
-def encode(data: bytes | memoryview, compression: str, level: int) -> tuple[bytes, str]:
-    """Whole content -> (envelope with digest in its header, hex digest)."""
-    digest = xxhash.xxh3_128_digest(data)
-    update, flush = _compressor(compression, level)
-    body = update(data) + flush()
-    return pack_header(compression, len(data), digest) + body, digest.hex()
+INNER = struct.Struct("<BQ16s")
 
 
-def decode_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Envelope bytes (in any chunking) -> original bytes, checking the header digest
-    when there is one. The caller checks a digest kept elsewhere (the manifest)."""
+def pack_inner(size: int | None, digest: bytes | None) -> bytes:
+    """Encrypted envelopes keep size and digest inside the ciphertext."""
+    return INNER.pack(FLAG_DIGEST if digest is not None else 0, size or 0, digest or bytes(16))
+
+
+class _Sealer:
+    def __init__(self, data_key: bytes, header: bytes) -> None:
+        from pgsafe.codec.crypto import SALT_SIZE, ObjectCipher
+
+        self.salt = os.urandom(SALT_SIZE)
+        self.cipher = ObjectCipher(data_key, self.salt, header)
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        from pgsafe.codec.crypto import CHUNK as SEAL
+
+        self.buf += data
+        out = []
+        while len(self.buf) > SEAL:
+            out.append(self.cipher.seal(bytes(self.buf[:SEAL]), last=False))
+            del self.buf[:SEAL]
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        out = self.cipher.seal(bytes(self.buf), last=True)
+        self.buf = bytearray()
+        return out
+
+
+def _open_chunks(chunks: Iterator[bytes], data_key: bytes, header: bytes) -> Iterator[bytes]:
+    """Sealed chunks -> plaintext, each authenticated before it is released."""
+    from pgsafe.codec.crypto import CHUNK as SEAL
+    from pgsafe.codec.crypto import SALT_SIZE, TAG_SIZE, CryptoError, ObjectCipher
+
+    buf = bytearray()
+    cipher = None
+    sealed = SEAL + TAG_SIZE
+    try:
+        for chunk in chunks:
+            buf += chunk
+            if cipher is None:
+                if len(buf) < SALT_SIZE:
+                    continue
+                cipher = ObjectCipher(data_key, bytes(buf[:SALT_SIZE]), header)
+                del buf[:SALT_SIZE]
+            while len(buf) > sealed:
+                yield cipher.open(bytes(buf[:sealed]), last=False)
+                del buf[:sealed]
+        if cipher is None or len(buf) < TAG_SIZE:
+            raise CodecError("encrypted object is truncated")
+        yield cipher.open(bytes(buf), last=True)
+    except CryptoError as exc:
+        raise CodecError(str(exc)) from None
+
+
+class Codec:
+    """A repository's way of storing content: its compression and, when encrypted,
+    its data key. Every read and write of stored content goes through one."""
+
+    def __init__(self, compression: str = "zstd", level: int = 3, data_key: bytes | None = None) -> None:
+        self.compression = compression
+        self.level = level
+        self.data_key = data_key
+
+    def encoder(self, size: int | None = None, digest: bytes | None = None) -> Encoder:
+        return Encoder(self.compression, self.level, size, digest, self.data_key)
+
+    def encode(self, data: bytes | memoryview) -> tuple[bytes, str]:
+        """Whole content -> (envelope carrying its digest, hex digest)."""
+        digest = xxhash.xxh3_128_digest(data)
+        enc = self.encoder(len(data), digest)
+        return enc.header + enc.update(data) + enc.finish(), digest.hex()
+
+    def decode_chunks(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        return decode_chunks(chunks, self.data_key)
+
+    def decode(self, data: bytes | memoryview) -> bytes:
+        return b"".join(self.decode_chunks([bytes(data)]))
+
+    def decode_verified(self, data: bytes | memoryview, expect_hex: str, what: str) -> bytes:
+        out = self.decode(data)
+        if digest_hex(out) != expect_hex:
+            raise CodecError(f"{what}: content does not match its recorded checksum")
+        return out
+
+
+def decode_chunks(chunks: Iterable[bytes], data_key: bytes | None = None) -> Iterator[bytes]:
+    """Envelope bytes (in any chunking) -> original bytes, checking the digest the
+    envelope carries, if any. The caller checks a digest kept elsewhere (the manifest)."""
     it = iter(chunks)
     head = b""
     for chunk in it:
@@ -150,41 +250,55 @@ def decode_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
         if len(head) >= HEADER_SIZE:
             break
     header = read_header(head)
+    rest = head[HEADER_SIZE:]
+    expect_size, expect_digest = header.size, header.digest
+    if header.encryption:
+        if data_key is None:
+            raise CodecError("object is encrypted and no key was given")
+        plain = _open_chunks(itertools.chain([rest], it), data_key, head[:HEADER_SIZE])
+        inner = b""
+        for piece in plain:
+            inner += piece
+            if len(inner) >= INNER.size:
+                break
+        if len(inner) < INNER.size:
+            raise CodecError("encrypted object is truncated")
+        flags, size, digest = INNER.unpack_from(inner)
+        if flags & FLAG_DIGEST:
+            expect_size, expect_digest = size, digest
+        rest, it = inner[INNER.size:], plain
     decompress = _decompressor(header.compression)
-    digest = new_digest() if header.digest is not None else None
+    check = new_digest() if expect_digest is not None else None
     size = 0
-
-    def emit(data: bytes) -> bytes:
-        nonlocal size
-        if digest is not None:
-            digest.update(data)
-        size += len(data)
-        return data
-
     try:
-        rest = head[HEADER_SIZE:]
-        if rest:
-            out = decompress(rest)
+        for piece in itertools.chain([rest], it):
+            if not piece:
+                continue
+            out = decompress(piece)
             if out:
-                yield emit(out)
-        for chunk in it:
-            out = decompress(chunk)
-            if out:
-                yield emit(out)
+                if check is not None:
+                    check.update(out)
+                size += len(out)
+                yield out
     except CodecError:
         raise
     except Exception as exc:  # each library raises its own error type for bad input
         raise CodecError(f"cannot decompress: {exc}") from None
-    if digest is not None and (digest.digest() != header.digest or size != header.size):
+    if check is not None and (check.digest() != expect_digest or size != expect_size):
         raise CodecError("content does not match the checksum in its header")
 
 
+PLAIN = Codec()
+
+
+def encode(data: bytes | memoryview, compression: str, level: int) -> tuple[bytes, str]:
+    """Whole content -> unencrypted envelope with digest (see Codec.encode)."""
+    return Codec(compression, level).encode(data)
+
+
 def decode(data: bytes | memoryview) -> bytes:
-    return b"".join(decode_chunks([bytes(data)]))
+    return PLAIN.decode(data)
 
 
 def decode_verified(data: bytes | memoryview, expect_hex: str, what: str) -> bytes:
-    out = decode(data)
-    if digest_hex(out) != expect_hex:
-        raise CodecError(f"{what}: content does not match its recorded checksum")
-    return out
+    return PLAIN.decode_verified(data, expect_hex, what)

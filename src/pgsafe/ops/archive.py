@@ -10,9 +10,13 @@ import os
 import time
 from dataclasses import dataclass
 
+import xxhash
+
 from pgsafe import codec
 from pgsafe.config import ClusterConfig, Config
-from pgsafe.errors import ArchiveConflict, ClusterMismatch, IntegrityError, NotFound, RepositoryError, UsageError
+from pgsafe.errors import (ArchiveConflict, ClusterMismatch, IntegrityError, NotFound, PgsafeError, StorageFailure,
+                           UsageError)
+from pgsafe.storage import StorageError
 from pgsafe.pg import wal
 from pgsafe.repo.repository import Repository, open_repository
 
@@ -40,7 +44,8 @@ def _check_name(name: str) -> None:
 
 
 def archive_push(config: Config, cluster: ClusterConfig, path: str) -> PushResult:
-    """Store one WAL file durably in every repository, or fail so PostgreSQL retries."""
+    """Store one WAL file durably in every repository, or fail so PostgreSQL retries.
+    Every repository is checked for a conflicting copy before any is written."""
     started = time.monotonic()
     name = os.path.basename(path)
     _check_name(name)
@@ -49,21 +54,62 @@ def archive_push(config: Config, cluster: ClusterConfig, path: str) -> PushResul
             data = f.read()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    blob, digest_hex = codec.encode(data, *_compression(config))
-    stored = 0
-    already = True
-    for repo_config in config.repos:
-        repo = open_repository(repo_config)
+    digest = xxhash.xxh3_128_hexdigest(data)
+    repos = [open_repository(r) for r in config.repos]
+    pending = []
+    for repo in repos:
         _check_segment_identity(repo, cluster, name, data)
-        pushed = _push_one(repo, cluster.name, name, blob, digest_hex)
-        already = already and not pushed
-        stored = len(blob)
-    return PushResult(name, len(data), stored, already, time.monotonic() - started)
+        state = _existing(repo, cluster.name, name, digest)
+        if state != "same":
+            pending.append(repo)
+    stored = 0
+    for repo in pending:
+        blob, _ = repo.codec.encode(data)
+        _write(repo, repo.wal_key(cluster.name, name), blob, digest, name)
+        stored = max(stored, len(blob))
+    return PushResult(name, len(data), stored, not pending, time.monotonic() - started)
 
 
-def _compression(config: Config) -> tuple[str, int]:
-    repo = config.repos[0]
-    return repo.compression, repo.compression_level
+def _existing(repo: Repository, cluster: str, name: str, digest_hex: str) -> str:
+    """'absent', 'same', or 'damaged' (replaced: it never matched anything); a copy
+    with different content is a conflict."""
+    key = repo.wal_key(cluster, name)
+    try:
+        blob = repo.storage.read(key)
+    except FileNotFoundError:
+        return "absent"
+    try:
+        content = repo.codec.decode(blob)
+    except codec.CodecError:
+        return "damaged"
+    if xxhash.xxh3_128_hexdigest(content) != digest_hex:
+        raise ArchiveConflict(
+            f"{name} is already archived in repository {repo.name!r} with different content; "
+            "refusing to overwrite (is another cluster archiving into the same repository?)"
+        )
+    return "same"
+
+
+def _write(repo: Repository, key: str, blob: bytes, digest_hex: str, name: str) -> None:
+    writer = repo.storage.writer(key)
+    try:
+        writer.write(blob)
+        if writer.commit(overwrite=False):
+            return
+    except BaseException:
+        writer.abort()
+        raise
+    # someone wrote it meanwhile (or a damaged copy is in the way): decide again
+    try:
+        content = repo.codec.decode(repo.storage.read(key))
+    except codec.CodecError:
+        content = None
+    if content is None:
+        writer = repo.storage.writer(key)
+        writer.write(blob)
+        writer.commit(overwrite=True)
+    elif xxhash.xxh3_128_hexdigest(content) != digest_hex:
+        raise ArchiveConflict(f"{name} was archived concurrently with different content in repository {repo.name!r}")
 
 
 def _check_segment_identity(repo: Repository, cluster: ClusterConfig, name: str, data: bytes) -> None:
@@ -83,48 +129,26 @@ def _check_segment_identity(repo: Repository, cluster: ClusterConfig, name: str,
         )
 
 
-def _push_one(repo: Repository, cluster: str, name: str, blob: bytes, digest_hex: str) -> bool:
-    """True when written now, False when identical content was already archived."""
-    key = repo.wal_key(cluster, name)
-    if repo.storage.stat(key) is None:
-        writer = repo.storage.writer(key)
-        try:
-            writer.write(blob)
-            if writer.commit(overwrite=False):
-                return True
-        except BaseException:
-            writer.abort()
-            raise
-    # the name is taken: identical content is a success, anything else changes nothing
-    try:
-        existing = codec.read_header(repo.storage.read(key, 0, codec.HEADER_SIZE))
-    except codec.CodecError as exc:
-        raise IntegrityError(f"archived {name} in repository {repo.name!r} is damaged: {exc}") from None
-    if existing.digest is None or existing.digest.hex() != digest_hex:
-        raise ArchiveConflict(
-            f"{name} is already archived in repository {repo.name!r} with different content; "
-            "refusing to overwrite (is another cluster archiving into the same repository?)"
-        )
-    return False
-
-
 def archive_get(config: Config, cluster: ClusterConfig, name: str, dest: str) -> GetResult:
     """Fetch one WAL file for recovery: exit 1 (NotFound) when no repository has it;
     the destination appears whole or not at all."""
     started = time.monotonic()
     _check_name(name)
-    last_error: Exception | None = None
+    last_error: PgsafeError | None = None
     for repo_config in config.repos:
         try:
             repo = open_repository(repo_config)
             blob = repo.storage.read(repo.wal_key(cluster.name, name))
         except FileNotFoundError:
             continue
-        except RepositoryError as exc:
+        except PgsafeError as exc:
             last_error = exc
             continue
+        except (StorageError, OSError) as exc:
+            last_error = StorageFailure(f"repository {repo_config.name!r}: {exc}")
+            continue
         try:
-            data = codec.decode(blob)
+            data = repo.codec.decode(blob)
         except codec.CodecError as exc:
             last_error = IntegrityError(f"archived {name} in repository {repo.name!r} is damaged: {exc}")
             continue

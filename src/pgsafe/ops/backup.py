@@ -177,7 +177,7 @@ def _wait_for_wal(repo: Repository, cluster: ClusterConfig, segments: list[str])
         time.sleep(0.1)
     for segment in segments:
         try:
-            codec.decode(repo.storage.read(repo.wal_key(cluster.name, segment)))
+            repo.codec.decode(repo.storage.read(repo.wal_key(cluster.name, segment)))
         except codec.CodecError as exc:
             raise IntegrityError(f"archived WAL segment {segment} is damaged: {exc}") from None
 

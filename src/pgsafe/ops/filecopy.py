@@ -149,7 +149,7 @@ class FileCopier:
         out: list[FileEntry | None] = []
         with self.repo.storage.writer(self.repo.data_key(self.cluster, self.backup_id, number)) as writer:
             for path, data, mode, mtime in items:
-                blob, digest = codec.encode(data, self.config.compression, self.config.compression_level)
+                blob, digest = self.repo.codec.encode(data)
                 out.append(FileEntry(path, len(data), mode, mtime, digest,
                                      Ref(self.backup_id, number, writer.tell(), len(blob))))
                 writer.write(blob)
@@ -177,7 +177,7 @@ class FileCopier:
             patches: list[Patch] = []
             encoder = None
             if base_digests is None:
-                encoder = codec.Encoder(self.config.compression, self.config.compression_level)
+                encoder = self.repo.codec.encoder()
                 writer.write(encoder.header)
             offset = 0
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as src:
@@ -238,8 +238,7 @@ class FileCopier:
             while j < n and not (first_index + j < len(base_digests)
                                  and base_digests[first_index + j] == chunk_digests[j]):
                 j += 1
-            blob, _ = codec.encode(chunk[i * BLOCK_SIZE:j * BLOCK_SIZE], self.config.compression,
-                                   self.config.compression_level)
+            blob, _ = self.repo.codec.encode(chunk[i * BLOCK_SIZE:j * BLOCK_SIZE])
             out.append(Patch(self.backup_id, number, writer.tell(), len(blob), index, j - i))
             writer.write(blob)
             i = j

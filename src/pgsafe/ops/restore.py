@@ -119,7 +119,7 @@ def _target_timeline(repo: Repository, cluster: str, target: RecoveryTarget) -> 
         timeline = int(target.timeline)
     if timeline == 1 or timeline not in histories:
         return timeline, []
-    text = codec.decode(repo.storage.read(repo.wal_key(cluster, wal.history_name(timeline)))).decode()
+    text = repo.codec.decode(repo.storage.read(repo.wal_key(cluster, wal.history_name(timeline)))).decode()
     return timeline, wal.parse_history(text)
 
 
@@ -196,7 +196,7 @@ def _restore_control_file(repo: Repository, cluster: str, manifest: dict[str, An
             assert entry.ref is not None
             key = repo.data_key(cluster, entry.ref.backup, entry.ref.object)
             path = safe_join(target_dir, CONTROL_FILE)
-            _write_small(path, decode_small(read_ref(repo, cluster, entry.ref, entry.path), entry, key))
+            _write_small(path, decode_small(repo, read_ref(repo, cluster, entry.ref, entry.path), entry, key))
             _set_attrs(path, entry)
             return
     raise IntegrityError(f"backup {manifest['id']} has no {CONTROL_FILE}")
@@ -327,7 +327,7 @@ def _restore_files(repo: Repository, cluster: str, manifest: dict[str, Any], tar
             blob = read_ref(repo, cluster, Ref(first.ref.backup, first.ref.object, lo, hi - lo), first.path)
             for f in todo:
                 assert f.ref is not None
-                data = decode_small(blob[f.ref.offset - lo:f.ref.offset - lo + f.ref.length], f, key)
+                data = decode_small(repo, blob[f.ref.offset - lo:f.ref.offset - lo + f.ref.length], f, key)
                 _write_small(safe_join(target_dir, f.path), data)
                 stats.add(written=1, bytes_written=len(data))
         for f in group:

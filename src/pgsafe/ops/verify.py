@@ -124,10 +124,10 @@ def _backup_tasks(repo: Repository, cluster: str, backup: dict[str, Any],
                     _check_base(repo, key, f, blockmap)
                 else:
                     assert f.ref is not None
-                    codec.decode_verified(repo.storage.read(key, f.ref.offset, f.ref.length), f.checksum, f.path)
+                    repo.codec.decode_verified(repo.storage.read(key, f.ref.offset, f.ref.length), f.checksum, f.path)
                 count("files_checked")
             for f, p in patches_by_object.get(number, []):
-                codec.decode(repo.storage.read(key, p.offset, p.length))
+                repo.codec.decode(repo.storage.read(key, p.offset, p.length))
         except FileNotFoundError:
             problem("object", f"stored object {key} is missing", backup_id)
         except (codec.CodecError, IntegrityError) as exc:
@@ -151,7 +151,7 @@ def _check_base(repo: Repository, key: str, f: FileEntry, blockmap: bytes) -> No
     pending = b""
     size = 0
     with repo.storage.open(key) as src:
-        for data in codec.decode_chunks(iter(lambda: src.read(codec.CHUNK), b"")):
+        for data in repo.codec.decode_chunks(iter(lambda: src.read(codec.CHUNK), b"")):
             digest.update(data)
             size += len(data)
             pending += data
@@ -186,7 +186,7 @@ def _check_backup_wal(backup: dict[str, Any], archived: set[str], seg_size: int,
 def _check_wal_file(repo: Repository, cluster: str, name: str, problem: Callable[..., None],
                     count: Callable[..., None]) -> None:
     try:
-        codec.decode(repo.storage.read(repo.wal_key(cluster, name)))
+        repo.codec.decode(repo.storage.read(repo.wal_key(cluster, name)))
     except FileNotFoundError:
         return  # reported by the range checks
     except codec.CodecError as exc:
@@ -199,7 +199,7 @@ def _histories(repo: Repository, cluster: str, names: list[str]) -> dict[int, li
     for name in names:
         if wal.is_history(name):
             try:
-                text = codec.decode(repo.storage.read(repo.wal_key(cluster, name))).decode()
+                text = repo.codec.decode(repo.storage.read(repo.wal_key(cluster, name))).decode()
                 out[wal.timeline_of(name)] = wal.parse_history(text)
             except (codec.CodecError, ValueError, FileNotFoundError):
                 continue  # a damaged history file is reported by the WAL file checks

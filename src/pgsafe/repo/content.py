@@ -23,9 +23,9 @@ def read_ref(repo: Repository, cluster: str, ref: Ref, what: str) -> bytes:
         raise IntegrityError(f"{what}: stored object {key} is missing") from None
 
 
-def decode_small(blob: bytes, entry: FileEntry, key: str) -> bytes:
+def decode_small(repo: Repository, blob: bytes, entry: FileEntry, key: str) -> bytes:
     try:
-        return codec.decode_verified(blob, entry.checksum, entry.path)
+        return repo.codec.decode_verified(blob, entry.checksum, entry.path)
     except codec.CodecError as exc:
         raise IntegrityError(f"{entry.path}: {exc} (object {key})") from None
 
@@ -62,7 +62,7 @@ def iter_blocks(repo: Repository, cluster: str, entry: FileEntry) -> Iterator[tu
 def _decode_patch(repo: Repository, cluster: str, entry: FileEntry, patch: Patch) -> bytes:
     blob = read_ref(repo, cluster, patch, entry.path)
     try:
-        return codec.decode(blob)
+        return repo.codec.decode(blob)
     except codec.CodecError as exc:
         key = repo.data_key(cluster, patch.backup, patch.object)
         raise IntegrityError(f"{entry.path}: {exc} (object {key})") from None
@@ -91,7 +91,7 @@ class _BaseReader:
                 yield data
             self.src.close()
 
-        self.decoded = codec.decode_chunks(chunks())
+        self.decoded = repo.codec.decode_chunks(chunks())
         self.buf = bytearray()
         self.pos = 0  # file offset of buf[0]
 

@@ -3,7 +3,8 @@ are written. docs/FORMAT.md is the specification; keep the two in step.
 
 Layout (keys relative to the repository root)::
 
-    pgsafe.json                                   format marker (plain JSON)
+    pgsafe.json                                   format marker (plain JSON), written last by init
+    keys.json                                     encrypted repositories: the wrapped data key
     cluster/<name>/cluster.json                   identity of the registered cluster
     cluster/<name>/backup/<id>/data/<nnnnnn>      stored file contents (bundles and single files)
     cluster/<name>/backup/<id>/manifest           every file of the backup (written after the data)
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from pgsafe import codec
+from pgsafe.repo import keys
 from pgsafe.errors import ClusterMismatch, IntegrityError, LockedError, NoBackup, RepositoryError
 from pgsafe.storage import Storage, StorageError, open_storage
 
@@ -45,9 +47,11 @@ class ClusterIdentity:
 
 
 class Repository:
-    def __init__(self, storage: Storage, name: str = "main") -> None:
+    def __init__(self, storage: Storage, name: str = "main", codec_: codec.Codec | None = None) -> None:
         self.storage = storage
         self.name = name
+        # how content is stored here: compression and, when encrypted, the data key
+        self.codec = codec_ or codec.Codec()
 
     # -- opening --------------------------------------------------------------
 
@@ -67,7 +71,9 @@ class Repository:
         except (StorageError, OSError) as exc:
             raise RepositoryError(f"repository {name!r} at {location}: {exc}") from None
         try:
-            version = int(json.loads(raw)["format"])
+            marker = json.loads(raw)
+            version = int(marker["format"])
+            encryption = str(marker.get("encryption", "none"))
         except (ValueError, KeyError, TypeError):
             raise RepositoryError(f"repository {name!r} at {location}: {FORMAT_KEY} is damaged") from None
         if version > FORMAT_VERSION:
@@ -75,6 +81,15 @@ class Repository:
                 f"repository {name!r} at {location} has format {version}, newer than this pgsafe "
                 f"understands ({FORMAT_VERSION}); upgrade pgsafe"
             )
+        if version < 1:
+            raise RepositoryError(f"repository {name!r} at {location}: {FORMAT_KEY} has an invalid format {version}")
+        if encryption != config.encryption:
+            raise RepositoryError(
+                f"repository {name!r} at {location} uses encryption = {encryption!r} but the config says "
+                f"{config.encryption!r}; fix [repo.{name}] encryption"
+            )
+        data_key = keys.load_data_key(repo.storage, config) if encryption != "none" else None
+        repo.codec = codec.Codec(config.compression, config.compression_level, data_key)
         return repo
 
     @classmethod
@@ -84,16 +99,26 @@ class Repository:
         name = config.name
         if storage.stat(FORMAT_KEY) is not None:
             return cls.open(config), False
-        body = json.dumps({"format": FORMAT_VERSION, "created": _now_iso(), "tool": "pgsafe"}, indent=1)
+        data_key = None
+        if config.encryption != "none":
+            # the wrapped key first, the format marker last: a crash leaves no repository
+            data_key = keys.write_key_file(storage, keys.passphrase(config), None, overwrite=True)
+        marker = {"format": FORMAT_VERSION, "created": _now_iso(), "tool": "pgsafe", "encryption": config.encryption}
         w = storage.writer(FORMAT_KEY)
-        w.write(body.encode() + b"\n")
+        w.write(json.dumps(marker, indent=1).encode() + b"\n")
         w.commit(overwrite=False)
-        return cls(storage, name), True
+        return cls(storage, name, codec.Codec(config.compression, config.compression_level, data_key)), True
+
+    def rekey(self, new_passphrase: bytes) -> None:
+        """Wrap the same data key with a new passphrase; no data is rewritten."""
+        if self.codec.data_key is None:
+            raise RepositoryError(f"repository {self.name!r} is not encrypted; nothing to rekey")
+        keys.write_key_file(self.storage, new_passphrase, self.codec.data_key, overwrite=True)
 
     # -- metadata objects -----------------------------------------------------
 
     def write_json(self, key: str, doc: dict[str, Any], overwrite: bool = True) -> bool:
-        blob, _ = codec.encode(json.dumps(doc, separators=(",", ":")).encode(), "zstd", 3)
+        blob, _ = self.codec.encode(json.dumps(doc, separators=(",", ":")).encode())
         w = self.storage.writer(key)
         w.write(blob)
         return w.commit(overwrite=overwrite)
@@ -105,7 +130,7 @@ class Repository:
         except FileNotFoundError:
             raise
         try:
-            return json.loads(codec.decode(blob))
+            return json.loads(self.codec.decode(blob))
         except (codec.CodecError, ValueError) as exc:
             raise IntegrityError(f"{self.storage.location}/{key} is damaged: {exc}") from None
 
@@ -172,7 +197,7 @@ class Repository:
         return f"{self.backup_prefix(cluster, backup_id)}/data/{number:06d}"
 
     def write_blockmap(self, cluster: str, backup_id: str, blockmap: bytes) -> None:
-        blob, _ = codec.encode(blockmap, "zstd", 1)
+        blob, _ = self.codec.encode(blockmap)
         w = self.storage.writer(f"{self.backup_prefix(cluster, backup_id)}/blockmap")
         w.write(blob)
         w.commit()
@@ -180,7 +205,7 @@ class Repository:
     def read_blockmap(self, cluster: str, backup_id: str) -> bytes:
         key = f"{self.backup_prefix(cluster, backup_id)}/blockmap"
         try:
-            return codec.decode(self.storage.read(key))
+            return self.codec.decode(self.storage.read(key))
         except FileNotFoundError:
             raise IntegrityError(f"backup {backup_id}: block map is missing") from None
         except codec.CodecError as exc:
@@ -192,7 +217,8 @@ class Repository:
         backup_id = manifest["id"]
         summary = {k: v for k, v in manifest.items() if k not in ("files", "directories")}
         self.write_json(f"{self.backup_prefix(cluster, backup_id)}/manifest", manifest)
-        self.write_json(f"{self.cluster_prefix(cluster)}/catalog/{backup_id}.json", summary, overwrite=False)
+        if not self.write_json(f"{self.cluster_prefix(cluster)}/catalog/{backup_id}.json", summary, overwrite=False):
+            raise RepositoryError(f"backup id {backup_id} is already in the catalog of repository {self.name!r}")
 
     def catalog(self, cluster: str) -> list[dict[str, Any]]:
         """Summaries of every complete backup, oldest first."""
