@@ -22,6 +22,7 @@ COMMANDS = {
     "verify": "pgsafe.cli.verify",
     "pin": "pgsafe.cli.pin",
     "unpin": "pgsafe.cli.pin",
+    "repo": "pgsafe.cli.repo",
     "archive-push": "pgsafe.cli.archive",
     "archive-get": "pgsafe.cli.archive",
 }

@@ -10,7 +10,7 @@ def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="restore a backup and set up point-in-time recovery")
     p.add_argument("--target-dir", required=True, help="empty or missing directory to restore into")
     p.add_argument("--set", dest="set_id", help="backup id (default: the newest that reaches the target)")
-    p.add_argument("--repo", help="repository name (default: the first)")
+    p.add_argument("--repo", help="repository name (default: the first that can, in config order)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--target", choices=("immediate",), help="stop as soon as the backup is consistent")
     g.add_argument("--target-time", help="recover up to this time (e.g. '2026-11-25 18:30:00+00')")
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pgsafe.cli.common import ProgressBar, human_bytes, load, print_json
     from pgsafe.cli.main import pgsafe_path
     from pgsafe.errors import UsageError
-    from pgsafe.ops.restore import restore_command_for, run_restore
+    from pgsafe.ops.restore import restore_command_for, run_restore_any
     from pgsafe.pg.recovery import RecoveryTarget
 
     config, cluster = load(args)
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     command = restore_command_for(pgsafe_path(), config.path, cluster.name, len(config.clusters) > 1)
     bar = ProgressBar("restore")
     try:
-        result = run_restore(cluster, config.repo(args.repo), target_dir=args.target_dir,
+        repos = [config.repo(args.repo)] if args.repo else list(config.repos)
+        result = run_restore_any(cluster, repos, target_dir=args.target_dir,
                              restore_command=command, target=target, set_id=args.set_id,
                              tablespace_map=mapping, standby=args.standby, delta=args.delta, jobs=args.jobs or config.jobs,
                              progress=bar)

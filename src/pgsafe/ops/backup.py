@@ -46,6 +46,7 @@ class BackupResult:
     notices: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     wal_expired: int = 0
+    repo: str = ""
 
 
 def run_backup(
@@ -112,6 +113,7 @@ def run_backup(
         duration=time.monotonic() - started, checksum_errors=copier.checksum_errors,
         removed_leftovers=removed, notices=notices,
         expired=[e.backup_id for e in expired.backups], wal_expired=len(expired.wal_removed),
+        repo=repo.name,
     )
 
 
@@ -220,3 +222,27 @@ def _manifest(backup_id: str, backup_type: str, parent: Parent | None, info: Ser
         "directories": directories,
         "files": [f.as_dict() for f in files],
     }
+
+
+def run_backup_everywhere(cluster: ClusterConfig, repos: list[RepoConfig], **options: Any) -> list[BackupResult]:
+    """Back up into the first repository, then copy the new backup (and whatever it
+    needs) into every other one; each applies its own retention."""
+    from pgsafe.ops.copy import copy_locked
+
+    result = run_backup(cluster, repos[0], **options)
+    results = [result]
+    source = open_repository(repos[0])
+    for other in repos[1:]:
+        target = open_repository(other)
+        with target.lock(cluster.name, "backup"):
+            copied = copy_locked(source, target, cluster.name, options.get("jobs") or os.cpu_count() or 2,
+                                 only=result.id)
+            expired = expire_locked(target, cluster.name, policy_of(other))
+        results.append(BackupResult(
+            id=result.id, type=result.type, parent=result.parent, size=result.size,
+            stored_size=copied.bytes_written, file_count=result.file_count, start_lsn=result.start_lsn,
+            stop_lsn=result.stop_lsn, wal_start=result.wal_start, wal_stop=result.wal_stop,
+            duration=result.duration, checksum_errors=result.checksum_errors, repo=other.name,
+            expired=[e.backup_id for e in expired.backups], wal_expired=len(expired.wal_removed),
+        ))
+    return results

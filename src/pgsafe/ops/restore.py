@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 from pgsafe import codec
 from pgsafe.config import ClusterConfig, RepoConfig
-from pgsafe.errors import IntegrityError, RestoreError
+from pgsafe.errors import (IntegrityError, NoBackup, PassphraseError, RepositoryError, RestoreError,
+                           StorageFailure)
 from pgsafe.pg import wal
 from pgsafe.pg.recovery import RecoveryTarget, write_recovery_settings
 from pgsafe.policy.target import choose_backup, validate_target
@@ -104,6 +105,20 @@ def run_restore(
 
 
 CONTROL_FILE = "global/pg_control"
+
+
+def run_restore_any(cluster: ClusterConfig, repos: list[RepoConfig], **options: Any) -> RestoreResult:
+    """Restore from the first repository that can; on a damaged or unreachable one,
+    fall back to the next (a failed attempt removes what it wrote)."""
+    errors: list[str] = []
+    for repo_config in repos:
+        try:
+            return run_restore(cluster, repo_config, **options)
+        except (IntegrityError, RepositoryError, StorageFailure, NoBackup, PassphraseError) as exc:
+            if len(repos) == 1:
+                raise
+            errors.append(f"repository {repo_config.name!r}: {exc.message}")
+    raise RestoreError("no repository could restore: " + "; ".join(errors))
 
 
 def _target_timeline(repo: Repository, cluster: str, target: RecoveryTarget) -> tuple[int | None, list[Any]]:
