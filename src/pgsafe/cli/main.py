@@ -25,6 +25,8 @@ COMMANDS = {
     "repo": "pgsafe.cli.repo",
     "archive-push": "pgsafe.cli.archive",
     "archive-get": "pgsafe.cli.archive",
+    "archive-push-worker": "pgsafe.cli.archive",
+    "archive-get-worker": "pgsafe.cli.archive",
 }
 
 

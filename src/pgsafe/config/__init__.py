@@ -59,6 +59,7 @@ class ClusterConfig:
     dbname: str | None = None
     archive_timeout: float = 60.0
     archive_async: bool = False
+    spool_path: str | None = None
 
     def conninfo_kwargs(self) -> dict[str, Any]:
         """libpq keywords; anything unset is left to PG* variables and libpq defaults."""
@@ -131,6 +132,7 @@ _CLUSTER_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "dbname": (str, False),
     "archive_timeout": ((int, float), False),
     "archive_async": (bool, False),
+    "spool_path": (str, False),
 }
 _GLOBAL_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "jobs": (int, False),

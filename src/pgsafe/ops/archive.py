@@ -45,7 +45,21 @@ def _check_name(name: str) -> None:
 
 def archive_push(config: Config, cluster: ClusterConfig, path: str) -> PushResult:
     """Store one WAL file durably in every repository, or fail so PostgreSQL retries.
-    Every repository is checked for a conflicting copy before any is written."""
+    With archive_async, a background worker pushes ahead (see archive_async)."""
+    if not cluster.archive_async:
+        return push_sync(config, cluster, path)
+    from pgsafe.ops import archive_async
+
+    started = time.monotonic()
+    result: list[PushResult] = []
+    ahead = archive_async.push(config, cluster, path, lambda p: result.append(push_sync(config, cluster, p)))
+    if result:
+        return result[0]
+    return PushResult(os.path.basename(path), os.path.getsize(path), 0, ahead, time.monotonic() - started)
+
+
+def push_sync(config: Config, cluster: ClusterConfig, path: str) -> PushResult:
+    """Every repository is checked for a conflicting copy before any is written."""
     started = time.monotonic()
     name = os.path.basename(path)
     _check_name(name)
@@ -131,7 +145,20 @@ def _check_segment_identity(repo: Repository, cluster: ClusterConfig, name: str,
 
 def archive_get(config: Config, cluster: ClusterConfig, name: str, dest: str) -> GetResult:
     """Fetch one WAL file for recovery: exit 1 (NotFound) when no repository has it;
-    the destination appears whole or not at all."""
+    the destination appears whole or not at all. With archive_async, segments are
+    prefetched in the background (see archive_async)."""
+    if not cluster.archive_async:
+        return get_sync(config, cluster, name, dest)
+    from pgsafe.ops import archive_async
+
+    started = time.monotonic()
+    _check_name(name)
+    result: list[GetResult] = []
+    archive_async.get(config, cluster, name, dest, lambda n, d: result.append(get_sync(config, cluster, n, d)))
+    return result[0] if result else GetResult(name, "spool", os.path.getsize(dest), time.monotonic() - started)
+
+
+def get_sync(config: Config, cluster: ClusterConfig, name: str, dest: str) -> GetResult:
     started = time.monotonic()
     _check_name(name)
     last_error: PgsafeError | None = None
