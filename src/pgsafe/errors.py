@@ -113,3 +113,10 @@ class Interrupted(PgsafeError):
     """The command was interrupted by a signal; nothing partial was left visible."""
 
     exit_code = 130
+
+
+class ToolMissing(PgsafeError):
+    """A PostgreSQL program pgsafe needs (pg_dump, pg_restore, pg_dumpall, psql, postgres)
+    of the required major version is not installed."""
+
+    exit_code = 16

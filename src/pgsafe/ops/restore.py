@@ -10,6 +10,7 @@ import os
 import pwd
 import grp
 import shutil
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -71,7 +72,10 @@ def run_restore(
         _require_empty(target_dir, "target directory")
     repo = open_repository(repo_config)
     timeline, history = _target_timeline(repo, cluster.name, target)
-    backup = choose_backup(repo.catalog(cluster.name), target, set_id, timeline, history)
+    catalog = repo.catalog(cluster.name)
+    if target.kind == "name" and set_id is None:
+        set_id = _backup_before_restore_point(repo, cluster.name, catalog, str(target.value))
+    backup = choose_backup(catalog, target, set_id, timeline, history)
     manifest = repo.manifest(cluster.name, backup["id"])
     locations = _tablespace_locations(manifest, tablespace_map or {})
     if not delta:
@@ -136,6 +140,39 @@ def _target_timeline(repo: Repository, cluster: str, target: RecoveryTarget) -> 
         return timeline, []
     text = repo.codec.decode(repo.storage.read(repo.wal_key(cluster, wal.history_name(timeline)))).decode()
     return timeline, wal.parse_history(text)
+
+
+def _backup_before_restore_point(repo: Repository, cluster: str, catalog: list[dict[str, Any]],
+                                 name: str) -> str | None:
+    """The newest backup that ends before the restore point, found by reading the
+    archived WAL after each backup, newest first. None (the newest backup) when the
+    point is not found: recovery will say so."""
+    from pgsafe.pg.waldump import restore_points, server_binary
+
+    if not catalog:
+        return None
+    ident = repo.cluster_identity(cluster)
+    waldump = server_binary("pg_waldump", ident.pg_version)
+    seg_size = ident.wal_segment_size
+    archived = set(repo.wal_files(cluster))
+    end = None  # scan [backup stop, previous backup stop) intervals
+    for backup in reversed(catalog):
+        tl, first = wal.parse_segment_name(backup["wal_stop"], seg_size)
+        start_lsn = wal.parse_lsn(backup["stop_lsn"])
+        with tempfile.TemporaryDirectory(prefix="pgsafe-waldump-") as tmp:
+            segno = first
+            while end is None or segno <= end:
+                seg = wal.segment_name(tl, segno, seg_size)
+                if seg not in archived:
+                    break
+                with open(os.path.join(tmp, seg), "wb") as f:
+                    f.write(repo.codec.decode(repo.storage.read(repo.wal_key(cluster, seg))))
+                segno += 1
+            last_lsn = wal.segment_start_lsn(segno, seg_size)
+            if segno > first and any(n == name for _, n in restore_points(waldump, tmp, tl, start_lsn, last_lsn)):
+                return str(backup["id"])
+        end = first
+    return None
 
 
 def _has_entries(path: str) -> bool:
