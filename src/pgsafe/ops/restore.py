@@ -25,7 +25,7 @@ from pgsafe.errors import (IntegrityError, NoBackup, PassphraseError, Repository
 from pgsafe.pg import wal
 from pgsafe.pg.recovery import RecoveryTarget, write_recovery_settings
 from pgsafe.policy.target import choose_backup, validate_target
-from pgsafe.repo.content import decode_small, iter_blocks, read_ref
+from pgsafe.repo.content import decode_small, iter_blocks, iter_content, read_ref
 from pgsafe.repo.manifest import BLOCK_SIZE, DIGEST_SIZE, FileEntry, Ref, block_digests, entries
 from pgsafe.repo.repository import Repository, open_repository
 
@@ -475,12 +475,21 @@ def _write_large(repo: Repository, cluster: str, f: FileEntry, path: str, differ
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if differing is not None else os.O_TRUNC)
     fd = os.open(path, flags, 0o600)
     try:
-        for index, data in iter_blocks(repo, cluster, f):
-            digest.update(data)
-            if differing is None or index in differing:
-                os.pwrite(fd, data, index * BLOCK_SIZE)
+        if differing is None:
+            for data in iter_content(repo, cluster, f):
+                digest.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
                 written += len(data)
-            advance(len(data))
+                advance(len(data))
+        else:
+            for index, data in iter_blocks(repo, cluster, f):
+                digest.update(data)
+                if index in differing:
+                    os.pwrite(fd, data, index * BLOCK_SIZE)
+                    written += len(data)
+                advance(len(data))
         os.ftruncate(fd, f.size)
     finally:
         os.close(fd)

@@ -260,3 +260,53 @@ def load_epilogue(moves: list[Move], transfer: str) -> str:
                    f"SET SCHEMA {quote_ident(m.target.schema)};")
     out.append(f"DROP SCHEMA {quote_ident(transfer)};")
     return "\n".join(out) + "\n"
+
+
+@dataclass
+class Transfer:
+    bytes: int = 0
+    rows: int = 0
+
+
+def transfer(pg_dump_argv: list[str], psql_argv: list[str], prologue: str, epilogue: str,
+             progress: Any = None) -> Transfer:
+    """pg_dump's plain SQL piped into psql, which runs it (with the prologue before and
+    the epilogue after) as one transaction that stops at the first error."""
+    import re
+    import subprocess
+    import tempfile
+
+    from pgsafe.errors import PostgresError
+    from pgsafe.pg.tools import ToolProcess
+
+    out = tempfile.TemporaryFile()
+    dump = ToolProcess(pg_dump_argv)
+    load = ToolProcess([*psql_argv, "--no-psqlrc", "--set=ON_ERROR_STOP=1", "--single-transaction", "--file=-"],
+                       stdin=subprocess.PIPE, stdout=out)
+    result = Transfer()
+    try:
+        try:
+            load.stdin.write(prologue.encode())
+            while chunk := dump.stdout.read(1 << 20):
+                load.stdin.write(chunk)
+                result.bytes += len(chunk)
+                if progress is not None:
+                    progress(result.bytes)
+            dumped = dump.wait()
+            if dumped == 0:
+                load.stdin.write(epilogue.encode())
+        except BrokenPipeError:  # psql stopped at an error: its message says why
+            dump.stop()
+            dumped = 0
+        loaded = load.wait()
+        if dumped != 0:
+            raise PostgresError(dump.failure())
+        if loaded != 0:
+            raise PostgresError(load.failure())
+        out.seek(0)
+        result.rows = sum(int(n) for n in re.findall(rb"^COPY (\d+)$", out.read(), re.M))
+        return result
+    finally:
+        dump.close()
+        load.close()
+        out.close()

@@ -11,6 +11,13 @@ Rules (see docs/RETENTION.md for examples):
 - Pinned backups are kept, and so is everything they depend on.
 - WAL older than the start of the oldest kept backup expires, on every timeline;
   timeline history files are always kept.
+- Logical backups (dumps) are counted per database (the globals count as one more):
+  a dump is kept when it is among the newest `retention_dump` complete dumps of its
+  database, or when it is needed to restore a state of the last `retention_dump_days`
+  (every dump finished within the window, plus the newest one finished before it).
+  With both set, either keeps it; with neither, no dump expires. A failed dump (a
+  record without data) expires once a newer dump of its database has completed.
+  Pinned dumps are kept. Physical rules and logical rules never affect each other.
 """
 
 from __future__ import annotations
@@ -25,10 +32,16 @@ class RetentionPolicy:
     full: int | None = None
     full_days: float | None = None
     diff: int | None = None
+    dump: int | None = None
+    dump_days: float | None = None
 
     @property
     def configured(self) -> bool:
         return self.full is not None or self.full_days is not None or self.diff is not None
+
+    @property
+    def dumps_configured(self) -> bool:
+        return self.dump is not None or self.dump_days is not None
 
 
 @dataclass(frozen=True)
@@ -121,3 +134,45 @@ def wal_to_expire(names: list[str], oldest_kept_start: str | None) -> list[str]:
         return []
     floor = oldest_kept_start[8:24]  # log and segment part: comparable across timelines
     return [n for n in names if not n.endswith(".history") and len(n) >= 24 and n[8:24] < floor]
+
+
+def plan_dump_expiry(dumps: list[dict[str, Any]], policy: RetentionPolicy, pinned: set[str],
+                     now: datetime) -> list[Expiry]:
+    """Dumps to remove, with the reason for each (catalog oldest first). Each dump
+    belongs to its database (the globals, database null, form a group of their own)."""
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for d in dumps:
+        groups.setdefault(d.get("database") if d.get("kind") != "globals" else None, []).append(d)
+    reasons: dict[str, str] = {}
+    for database, members in groups.items():
+        what = "the globals" if database is None else f"database {database}"
+        complete = [d for d in members if d.get("status") == "complete"]
+        newest_complete = max((_time(d["start_time"]) for d in complete), default=None)
+        for d in members:
+            if d.get("status") != "complete" and newest_complete is not None and \
+                    _time(d["start_time"]) < newest_complete:
+                reasons[d["id"]] = f"failed dump of {what}, superseded by a newer complete dump"
+        if not policy.dumps_configured:
+            continue
+        kept: set[str] = set()
+        if policy.dump is not None:
+            kept.update(d["id"] for d in complete[-policy.dump:])
+        if policy.dump_days is not None:
+            since = now - timedelta(days=policy.dump_days)
+            older = [d for d in complete if _time(d["stop_time"]) < since]
+            kept.update(d["id"] for d in complete if _time(d["stop_time"]) >= since)
+            if older:
+                kept.add(older[-1]["id"])
+        for d in complete:
+            if d["id"] not in kept:
+                reasons[d["id"]] = _dump_reason(policy, what)
+    return [Expiry(d["id"], reasons[d["id"]]) for d in dumps if d["id"] in reasons and d["id"] not in pinned]
+
+
+def _dump_reason(policy: RetentionPolicy, what: str) -> str:
+    parts = []
+    if policy.dump is not None:
+        parts.append(f"retention_dump = {policy.dump}")
+    if policy.dump_days is not None:
+        parts.append(f"retention_dump_days = {policy.dump_days:g}")
+    return " and ".join(parts) + f": not among the dumps kept for {what}"

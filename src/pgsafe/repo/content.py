@@ -59,6 +59,29 @@ def iter_blocks(repo: Repository, cluster: str, entry: FileEntry) -> Iterator[tu
         yield i, data
 
 
+def iter_content(repo: Repository, cluster: str, entry: FileEntry) -> Iterator[bytes]:
+    """The content of a large file, in order: a base stream with no patches is passed
+    through in the chunks it decodes to; otherwise block by block."""
+    if entry.patches or entry.ref is None:
+        for _, data in iter_blocks(repo, cluster, entry):
+            yield data
+        return
+    reader = _BaseReader(repo, cluster, entry)
+    remaining = entry.size
+    try:
+        for chunk in reader.decoded:
+            if len(chunk) >= remaining:
+                yield chunk[:remaining]
+                remaining = 0
+                break
+            remaining -= len(chunk)
+            yield chunk
+    except codec.CodecError as exc:
+        raise IntegrityError(f"{entry.path}: {exc} (object {reader.key})") from None
+    if remaining:
+        raise IntegrityError(f"{entry.path}: stored content is shorter than the file")
+
+
 def _decode_patch(repo: Repository, cluster: str, entry: FileEntry, patch: Patch) -> bytes:
     blob = read_ref(repo, cluster, patch, entry.path)
     try:

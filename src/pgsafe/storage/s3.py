@@ -7,24 +7,28 @@ else what obstore finds itself (web identity, container and instance credentials
 
 Writing. A writer keeps up to SINGLE_PUT_MAX bytes in memory; an object that fits is
 sent by one PUT at commit. A larger one becomes a multipart upload of PART_SIZE parts,
-at most UPLOADS_IN_FLIGHT of them being sent at once, so memory stays bounded whatever
-the size. Either way nothing is visible under the key until commit: a PUT is atomic,
-and a multipart upload shows no object until it is completed. An aborted upload is
-cancelled; one interrupted by a crash or a dead connection stays invisible, holding
-space until the bucket's lifecycle rule for incomplete multipart uploads removes it.
+at most UPLOADS_IN_FLIGHT of them being sent at once, so a writer holds about 40 MiB
+at most whatever the size. Either way nothing is visible under the key until commit:
+a PUT is atomic, and a multipart upload shows no object until it is completed. An
+aborted upload is cancelled; one cut short by a crash or a dead store stays invisible,
+holding space until the bucket's lifecycle rule for incomplete multipart uploads
+removes it (obstore cannot list them, so `remove_prefix` cannot either).
 
 Create-if-absent (commit(overwrite=False)) is a conditional PUT (If-None-Match: *),
 atomic on Amazon S3 and on the compatible stores that honour the header. Two cases
 fall back to check-then-write, where a writer racing between the check and the write
 can be overwritten: objects larger than SINGLE_PUT_MAX (obstore completes multipart
-uploads unconditionally; the repository never creates such objects exclusively: a WAL
-segment of the default 16 MiB fits in one PUT), and stores that answer that they do
-not implement the header (then `capabilities.exclusive_create` turns false).
+uploads unconditionally; the repository creates exclusively WAL files, which fit in
+one PUT at the default 16 MiB segment size, and metadata, which is small), and stores
+that answer that they do not implement the header (then
+`capabilities.exclusive_create` turns false). A store that silently ignores the header
+cannot be detected.
 
-Every request has a connect timeout, a stall (read) timeout and an overall timeout,
-and is retried by obstore with exponential backoff for a bounded time, so no call
-hangs. Failures become StorageError with a one-line message (TransientStorageError
-when trying again may help); a missing object is FileNotFoundError, as on posix.
+Every request has a connect timeout and an overall timeout, and is retried by obstore
+with exponential backoff for a bounded time, so no call hangs. Failures become
+StorageError with a one-line message (TransientStorageError when trying again may
+help); a missing object is FileNotFoundError, as on posix, but a missing bucket is a
+StorageError, so that archive-get never mistakes a wrong bucket for the end of WAL.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, BinaryIO, Iterator, cast
+from typing import Any, BinaryIO, Iterator, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import obstore
@@ -69,8 +73,10 @@ class S3Limits:
     """Timeouts (seconds) and retries applied to every request."""
 
     connect_timeout: float = 10.0
-    read_timeout: float = 60.0  # longest silence while a response is awaited or read
-    request_timeout: float = 300.0  # a whole request, body included (a part is 8 MiB)
+    # a whole request, body included: at most SINGLE_PUT_MAX bytes (17 MiB), so this
+    # asks for about 100 kB/s. (No separate stall timeout: obstore's read timeout also
+    # runs while a request body is being sent, and would cut slow but healthy uploads.)
+    request_timeout: float = 180.0
     max_retries: int = 5
     retry_window: float = 60.0  # no retry starts later than this after the first try
     first_backoff: float = 0.2
@@ -101,7 +107,6 @@ class S3Storage:
             client_options={
                 "allow_http": allow_http,
                 "connect_timeout": timedelta(seconds=limits.connect_timeout),
-                "read_timeout": timedelta(seconds=limits.read_timeout),
                 "timeout": timedelta(seconds=limits.request_timeout),
             },
             retry_config={
@@ -143,11 +148,17 @@ class S3Storage:
         _check_key(key)
         try:
             file = obstore.open_reader(self._store, key, buffer_size=READ_BUFFER)
+        except FileNotFoundError:
+            # a HEAD answers 404 without saying whether the key or the bucket is missing
+            self.read(key, 0, 1)
+            raise self._error(FileNotFoundError(), "open", key) from None
         except BaseException as exc:
             raise self._error(exc, "open", key) from None
         return cast(BinaryIO, _S3Reader(self, key, file))
 
     def stat(self, key: str) -> ObjectInfo | None:
+        """None for a missing key (and for a missing bucket: HEAD answers carry no body
+        to tell them apart; every other operation names the missing bucket)."""
         _check_key(key)
         try:
             meta = obstore.head(self._store, key)
@@ -177,9 +188,9 @@ class S3Storage:
         _check_key(key)
         try:
             obstore.delete(self._store, key)
-        except FileNotFoundError:
-            pass
         except BaseException as exc:
+            if isinstance(exc, FileNotFoundError) and not _missing_bucket(exc):
+                return
             raise self._error(exc, "remove", key) from None
 
     def remove_prefix(self, prefix: str) -> None:
@@ -203,7 +214,7 @@ class S3Storage:
         if not overwrite and not self._conditional_put:
             if self.stat(key) is not None:
                 return False
-        mode = "overwrite" if overwrite or not self._conditional_put else "create"
+        mode: Literal["overwrite", "create"] = "overwrite" if overwrite or not self._conditional_put else "create"
         try:
             obstore.put(self._store, key, data, mode=mode, use_multipart=False)
         except (AlreadyExistsError, PreconditionError):
@@ -222,6 +233,9 @@ class S3Storage:
         if isinstance(exc, (StorageError, KeyboardInterrupt, SystemExit, MemoryError)):
             return exc
         where = f"{self.location}/{key}" if key else self.location
+        if _missing_bucket(exc):
+            return StorageError(f"cannot {action} {where}: bucket {self.bucket!r} does not exist "
+                                f"at {self._server}")
         if isinstance(exc, FileNotFoundError):
             return FileNotFoundError(errno.ENOENT, "no such object", where)
         if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
@@ -411,7 +425,7 @@ def _profile_credentials() -> dict[str, str]:
         parser.read(path)
     except configparser.Error as exc:
         raise StorageError(f"cannot read AWS credentials file {path}: {exc.message}") from None
-    if parser.has_option(profile, "aws_access_key_id") and parser.has_option(profile, "aws_secret_access_key"):
+    if all(parser.has_option(profile, o) for o in ("aws_access_key_id", "aws_secret_access_key")):
         creds = {
             "access_key_id": parser.get(profile, "aws_access_key_id"),
             "secret_access_key": parser.get(profile, "aws_secret_access_key"),
@@ -437,11 +451,17 @@ def _check_key(key: str) -> None:
 _STATUS = re.compile(r"status code: (\d{3})((?: [A-Za-z][A-Za-z ]*)?)")
 _ROOT_CAUSE = re.compile(r'message: "([^"]+)"')
 _RETRIES = re.compile(r"after (\d+) retries")
+_S3_CODE = re.compile(r"<Code>(\w+)</Code>")
 
 
 def _status(exc: BaseException) -> int | None:
     match = _STATUS.search(str(exc)) if isinstance(exc, BaseError) else None
     return int(match.group(1)) if match else None
+
+
+def _missing_bucket(exc: BaseException) -> bool:
+    # obstore reports a missing bucket as a missing object; only the body tells them apart
+    return "<Code>NoSuchBucket</Code>" in str(exc)
 
 
 def _summary(exc: BaseException) -> str:
@@ -450,6 +470,9 @@ def _summary(exc: BaseException) -> str:
     status = _STATUS.search(text)
     if status:
         cause = f"HTTP {status.group(1)}{status.group(2).rstrip()}"
+        code = _S3_CODE.search(text)
+        if code:
+            cause += f" ({code.group(1)})"
     else:
         roots = _ROOT_CAUSE.findall(text)
         first = text.split("\n", 1)[0]

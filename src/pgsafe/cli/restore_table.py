@@ -1,0 +1,4 @@
+from typing import Any
+
+def add_parser(sub: Any, name: str) -> None:
+    sub.add_parser(name)
