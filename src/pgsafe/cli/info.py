@@ -46,4 +46,14 @@ def run(args: argparse.Namespace) -> int:
         w = c["recoverable"]
         if w:
             print(f"  recoverable: from {w['from_time']} (lsn {w['from_lsn']}) to the end of {w['to_wal']}")
+        if c.get("dumps"):
+            print("  logical backups (dumps):")
+        for d in c.get("dumps", []):
+            what = d["database"] if d["kind"] == "database" else "(globals)"
+            pin = " pinned" if d.get("pinned") else ""
+            if d["status"] == "complete":
+                print(f"    {d['id']}  {d['format']:<9}  {what}{pin}  {d['start_time'][:19]} .. "
+                      f"{d['stop_time'][:19]}  {human_bytes(d['size'])} -> {human_bytes(d['stored_size'])}")
+            else:
+                print(f"    {d['id']}  FAILED     {what}  {d['start_time'][:19]}: {d['error']}")
     return 0

@@ -199,7 +199,7 @@ def _parse_repo(name: str, section: Any, path: str) -> RepoConfig:
         )
     if repo.type == "posix" and not os.path.isabs(repo.path):
         raise ConfigError(f"{path}: {where}.path must be an absolute path, got {repo.path!r}")
-    limits = {"zstd": (-7, 22), "lz4": (0, 16), "gzip": (0, 9), "none": (0, 0)}[repo.compression]
+    limits = {"zstd": (-7, 22), "lz4": (0, 16), "gzip": (0, 9), "none": (-99, 99)}[repo.compression]
     if "compression_level" in values and not limits[0] <= repo.compression_level <= limits[1]:
         raise ConfigError(
             f"{path}: {where}.compression_level = {repo.compression_level} is out of range "

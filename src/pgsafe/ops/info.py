@@ -21,7 +21,7 @@ def run_info(clusters: list[ClusterConfig], repo_config: RepoConfig) -> dict[str
             ident = repo.cluster_identity(cluster.name)
         except RepositoryError:
             out.append({"name": cluster.name, "repo": repo.name, "registered": False, "system_identifier": None,
-                        "pg_version": None, "backups": [], "wal": [], "recoverable": None})
+                        "pg_version": None, "backups": [], "wal": [], "recoverable": None, "dumps": []})
             continue
         backups = []
         pinned = repo.pins(cluster.name)
@@ -42,6 +42,7 @@ def run_info(clusters: list[ClusterConfig], repo_config: RepoConfig) -> dict[str
             "backups": backups,
             "wal": ranges,
             "recoverable": recoverable_window(backups, ranges),
+            "dumps": dump_list(repo, cluster.name, pinned),
         })
     return {"clusters": out}
 
@@ -87,3 +88,19 @@ def recoverable_window(backups: list[dict[str, Any]], ranges: list[dict[str, Any
             if run["start"] <= newest_end <= run["stop"]:
                 end = max(end, run["stop"])
     return {"from_time": oldest["stop_time"], "from_lsn": oldest["stop_lsn"], "to_wal": end}
+
+
+DUMP_FIELDS = ("id", "database", "start_time", "stop_time", "size", "stored_size")
+
+
+def dump_list(repo: Any, cluster: str, pinned: set[str]) -> list[dict[str, Any]]:
+    """Logical backups (pg_dump / pg_dumpall), oldest first: complete and failed ones."""
+    from pgsafe.repo.dumps import DumpStore
+
+    out = []
+    for entry in DumpStore(repo, cluster).catalog():
+        item = {k: entry.get(k) for k in DUMP_FIELDS}
+        item.update(kind=entry.get("kind"), format=entry.get("dump_format"), status=entry.get("status"),
+                    error=entry.get("error"), options=entry.get("options"), pinned=entry["id"] in pinned)
+        out.append(item)
+    return out

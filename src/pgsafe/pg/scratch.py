@@ -149,7 +149,8 @@ class ScratchServer:
             if self.proc is None or self.proc.poll() is not None:
                 raise PostgresError(f"the scratch server stopped during recovery: {self.last_fatal()}")
             try:
-                with psycopg.connect(**self.conninfo("postgres"), autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(**self.conninfo("postgres"), autocommit=True, connect_timeout=5,
+                                     application_name="pgsafe") as conn:
                     row = conn.execute("select pg_is_in_recovery()").fetchone()
                 if row is not None and not row[0]:
                     return
@@ -158,8 +159,7 @@ class ScratchServer:
             time.sleep(poll)
 
     def conninfo(self, dbname: str) -> dict[str, Any]:
-        return {"host": self.socket_dir, "port": self.port, "user": self.user, "dbname": dbname,
-                "application_name": "pgsafe"}
+        return {"host": self.socket_dir, "port": self.port, "user": self.user, "dbname": dbname}
 
     def last_fatal(self) -> str:
         try:

@@ -93,8 +93,9 @@ class PosixStorage:
         return ObjectInfo(key, st.st_size, st.st_mtime)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self._path(prefix.rstrip("/")) if prefix else self.root
-        start = base if os.path.isdir(base) else os.path.dirname(base)
+        # walk from the deepest directory that every matching key lies under
+        directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self._path(directory) if directory else self.root
         for dirpath, _dirs, files in os.walk(start):
             for name in files:
                 if TMP_MARK in name:

@@ -214,7 +214,8 @@ class S3Storage:
         if not overwrite and not self._conditional_put:
             if self.stat(key) is not None:
                 return False
-        mode: Literal["overwrite", "create"] = "overwrite" if overwrite or not self._conditional_put else "create"
+        exclusive = not overwrite and self._conditional_put
+        mode: Literal["overwrite", "create"] = "create" if exclusive else "overwrite"
         try:
             obstore.put(self._store, key, data, mode=mode, use_multipart=False)
         except (AlreadyExistsError, PreconditionError):
