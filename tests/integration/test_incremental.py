@@ -147,11 +147,15 @@ def test_retention_counts_days_pins_and_wal(env: PgsafeEnv) -> None:
     restored = env.restore_and_start("--set", oldest["id"], name="after-expire")
     assert sorted(r[0] for r in restored.sql("select id from t")) == [0, 1, 2, 3, 99]
     env.run("verify")
-    # days: a window that excludes nothing but the newest full before it
+    # days: a one-day window keeps everything; a window of under a second keeps only
+    # the newest full (the one needed to reach the window's start)
+    env.config.write_text(env.config.read_text().replace("retention_full = 1\n", "retention_full_days = 1\n"))
     time.sleep(1)
     backup(env, "full")
-    text = env.config.read_text().replace("retention_full = 1\n", "retention_full_days = 0.00001\n")
-    env.config.write_text(text)
+    assert [b["id"] for b in env.backups()][:2] == ids[2:]
+    env.config.write_text(env.config.read_text().replace("retention_full_days = 1\n",
+                                                         "retention_full_days = 0.00001\n"))
+    time.sleep(1.5)  # the newest full is now older than the window
     proc = env.run("expire", "--dry-run")
     assert ids[2] in proc.stdout and ids[3] in proc.stdout  # F2, I3 older than the newest full
 

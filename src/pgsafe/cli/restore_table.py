@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                                   no_foreign_keys=args.no_foreign_keys, jobs=args.jobs or config.jobs)
     command = restore_command_for(pgsafe_path(), config.path, cluster.name, len(config.clusters) > 1)
     started = time.monotonic()
-    quiet = args.output == "json"
+    quiet = args.output == "json" or not sys.stderr.isatty()  # errors stay one line for scripts
     bar = ProgressBar("restore")
     last_wal = [""]
 

@@ -254,6 +254,7 @@ def _restore_into_schema(cluster: ClusterConfig, archive: Archive, options: Rest
     try:
         taken = relocate.taken_names(target, new_schema,
                                      tuple(m.target.name for m in moves) if options.clean else ())
+        new_schemas = set() if relocate.schema_exists(target, new_schema) else {new_schema}
         for m in moves:
             if m.target.name in taken:
                 raise UsageError(f"{m.target} already exists in database {options.dbname}; add --clean to replace it")
@@ -312,7 +313,7 @@ def _restore_into_schema(cluster: ClusterConfig, archive: Archive, options: Rest
             copied = relocate.transfer(
                 dump_argv, psql,
                 relocate.load_prologue(transfer, [m.target for m in moves] if options.clean else None),
-                relocate.load_epilogue(moves, transfer))
+                relocate.load_epilogue(moves, transfer, new_schemas if not options.no_owner else None))
         result.rows = copied.rows
     finally:
         with shielded():

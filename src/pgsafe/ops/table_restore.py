@@ -87,6 +87,7 @@ def run_restore_table(cluster: ClusterConfig, repo_config: RepoConfig, request: 
     live = connect({**cluster.conninfo_kwargs(), "dbname": request.target_db}, "pgsafe restore-table")
     try:
         taken = relocate.taken_names(live, dst_schema)
+        new_schemas = set() if relocate.schema_exists(live, dst_schema) else {dst_schema}
     finally:
         live.close()
     if dst_name in taken:
@@ -128,7 +129,8 @@ def run_restore_table(cluster: ClusterConfig, repo_config: RepoConfig, request: 
             scratch = _connect_scratch(server, request.source_db)
             try:
                 relocate.relocate(scratch, [move], transfer, {dst_schema: taken},
-                                  drop_foreign_keys=request.no_foreign_keys)
+                                  drop_foreign_keys=request.no_foreign_keys,
+                                  where=f"database {request.source_db} at the recovery target (backup {backup['id']})")
             finally:
                 scratch.close()
             say(f"copying {move.source} of database {request.source_db} into {request.target_db} as {move.target}")
@@ -140,7 +142,8 @@ def run_restore_table(cluster: ClusterConfig, repo_config: RepoConfig, request: 
             psql_argv = [psql, "--dbname=" + conninfo_string(cluster.conninfo_kwargs(), request.target_db,
                                                              "pgsafe restore-table")]
             copied = relocate.transfer(dump_argv, psql_argv, relocate.load_prologue(transfer),
-                                       relocate.load_epilogue([move], transfer))
+                                       relocate.load_epilogue([move], transfer,
+                                                              new_schemas if not request.no_owner else None))
             timings["copy"] = time.monotonic() - clock
     finally:
         with shielded():

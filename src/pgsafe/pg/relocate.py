@@ -46,6 +46,7 @@ class Move:
     source: QualifiedName
     target: QualifiedName
     kind: str = "table"  # table, view, materialized view, foreign table or sequence
+    owner: str | None = None
     renamed: dict[str, str] = field(default_factory=dict)  # index/sequence: old -> new
     foreign_keys: list[str] = field(default_factory=list)  # dropped, as statements to re-add
     notices: list[str] = field(default_factory=list)
@@ -127,7 +128,7 @@ def taken_names(conn: Any, schema: str, replacing: tuple[str, ...] = ()) -> set[
 
 
 def relocate(conn: Any, moves: list[Move], transfer: str, taken: dict[str, set[str]], *,
-             drop_foreign_keys: bool = False) -> None:
+             drop_foreign_keys: bool = False, where: str = "the backup") -> None:
     """In the staging database: move each table into the transfer schema under its new
     name, detached from partition and inheritance parents, with its indexes and
     sequences renamed clear of `taken` (destination schema -> names in use there)."""
@@ -140,12 +141,12 @@ def relocate(conn: Any, moves: list[Move], transfer: str, taken: dict[str, set[s
         for move in moves:
             src, dst = move.source, move.target
             row = conn.execute(
-                "select c.oid, c.relkind, c.relispartition from pg_class c join pg_namespace n "
-                "on n.oid = c.relnamespace where n.nspname = %s and c.relname = %s", (src.schema, src.name)
-            ).fetchone()
+                "select c.oid, c.relkind, c.relispartition, pg_get_userbyid(c.relowner) from pg_class c "
+                "join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s and c.relname = %s",
+                (src.schema, src.name)).fetchone()
             if row is None:
-                raise RestoreError(f"table {src} does not exist in the backup")
-            oid, relkind, is_partition = row
+                raise RestoreError(f"table {src} does not exist in {where}")
+            oid, relkind, is_partition, move.owner = row
             if relkind == "p":
                 raise RestoreError(f"{src} is a partitioned table: restore its partitions one by one")
             if relkind not in ("r", "m", "f", "v", "S"):
@@ -249,12 +250,23 @@ def load_prologue(transfer: str, replace: list[QualifiedName] | None = None) -> 
     return "\n".join(out) + "\n"
 
 
-def load_epilogue(moves: list[Move], transfer: str) -> str:
+def schema_exists(conn: Any, schema: str) -> bool:
+    return conn.execute("select 1 from pg_namespace where nspname = %s", (schema,)).fetchone() is not None
+
+
+def load_epilogue(moves: list[Move], transfer: str, new_schemas: set[str] | None = None) -> str:
     """Runs in the target, in the same transaction as the data: move each table from the
-    transfer schema into its destination; the transfer schema must then be empty."""
+    transfer schema into its destination; the transfer schema must then be empty. A
+    destination schema in `new_schemas` is created, and the owners of the tables moved
+    into it may use it (their foreign keys and defaults run as them)."""
     out = []
     for schema in sorted({m.target.schema for m in moves}):
-        out.append(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)};")
+        if new_schemas is not None and schema in new_schemas:
+            out.append(f"CREATE SCHEMA {quote_ident(schema)};")
+            for owner in sorted({m.owner for m in moves if m.target.schema == schema and m.owner}):
+                out.append(f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {quote_ident(owner)};")
+        else:
+            out.append(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)};")
     for m in moves:
         out.append(f"ALTER {m.kind.upper()} {quote_ident(transfer)}.{quote_ident(m.target.name)} "
                    f"SET SCHEMA {quote_ident(m.target.schema)};")
