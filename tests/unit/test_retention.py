@@ -104,3 +104,10 @@ def test_parse_target_time_spellings():
     assert parse_target_time("2026-11-25 12:00:00+00") == NOW
     assert parse_target_time("2026-11-25T12:00:00Z") == NOW
     assert parse_target_time("2026-11-25 13:00:00.000+01:00") == NOW
+
+
+def test_xid_target_with_epoch():
+    epoch = 3 << 32
+    cat = [backup("F1", "full", 2, xmax=epoch + 1000), backup("F2", "full", 1, xmax=epoch + 2000)]
+    assert choose_backup(cat, RecoveryTarget("xid", "1500"), None)["id"] == "F1"
+    assert choose_backup(cat, RecoveryTarget("xid", str(epoch + 2500)), None)["id"] == "F2"

@@ -8,6 +8,7 @@ key, a wrong type or a missing required key is an error naming the key and the f
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +178,16 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
     return Config(path=path, repos=repos, clusters=clusters, jobs=jobs)
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _check_name(kind: str, name: str, path: str) -> None:
+    if not _NAME.match(name):
+        raise ConfigError(f"{path}: [{kind}.{name}]: names use letters, digits, '_', '.' and '-' only")
+
+
 def _parse_repo(name: str, section: Any, path: str) -> RepoConfig:
+    _check_name("repo", name, path)
     where = f"repo.{name}"
     values = _check_keys(_section(section, where, path), _REPO_KEYS, where, path)
     repo = RepoConfig(name=name, **values)
@@ -212,6 +222,7 @@ def _parse_repo(name: str, section: Any, path: str) -> RepoConfig:
 
 
 def _parse_cluster(name: str, section: Any, path: str) -> ClusterConfig:
+    _check_name("cluster", name, path)
     where = f"cluster.{name}"
     values = _check_keys(_section(section, where, path), _CLUSTER_KEYS, where, path)
     cluster = ClusterConfig(name=name, **values)

@@ -77,6 +77,8 @@ def run_restore(
         set_id = _backup_before_restore_point(repo, cluster.name, catalog, str(target.value))
     backup = choose_backup(catalog, target, set_id, timeline, history)
     manifest = repo.manifest(cluster.name, backup["id"])
+    if manifest.get("id") != backup["id"]:
+        raise IntegrityError(f"backup {backup['id']}: its manifest names another backup ({manifest.get('id')!r})")
     locations = _tablespace_locations(manifest, tablespace_map or {})
     if not delta:
         for location in locations.values():
@@ -285,10 +287,9 @@ def _tablespace_locations(manifest: dict[str, Any], mapping: dict[str, str]) -> 
             raise RestoreError(f"--tablespace-map {old}=...: the backup has no tablespace with that oid or location")
     for ts in manifest.get("tablespaces", []):
         new = mapping.get(str(ts["oid"])) or mapping.get(ts["location"]) or mapping.get(ts["location"] + "/")
-        location = os.path.abspath(new or ts["location"])
-        if not os.path.isabs(location):
-            raise RestoreError(f"tablespace {ts['oid']}: location {location!r} must be absolute")
-        out[int(ts["oid"])] = location
+        if new is None and not os.path.isabs(ts["location"]):  # untrusted input from the manifest
+            raise IntegrityError(f"tablespace {ts['oid']}: the manifest's location {ts['location']!r} is not absolute")
+        out[int(ts["oid"])] = os.path.abspath(new or ts["location"])
     return out
 
 

@@ -54,8 +54,9 @@ def reaches(backup: dict[str, Any], target: RecoveryTarget) -> bool:
     if target.kind == "lsn":
         return parse_lsn(backup["stop_lsn"]) <= parse_lsn(str(target.value))
     if target.kind == "xid":
-        xid = int(str(target.value))
-        return xid >= int(backup["snapshot_xmax"]) or xid in set(backup.get("snapshot_xip", []))
+        xmax = int(backup["snapshot_xmax"])
+        xid = _full_xid(int(str(target.value)), xmax)
+        return xid >= xmax or xid in set(backup.get("snapshot_xip", []))
     return True
 
 
@@ -69,6 +70,19 @@ def on_timeline_path(backup: dict[str, Any], timeline: int, history: list[Histor
         if entry.parent_timeline == tl:
             return parse_lsn(backup["stop_lsn"]) <= entry.switch_lsn
     return False
+
+
+def _full_xid(xid: int, near: int) -> int:
+    """A 32-bit xid (what recovery_target_xid takes) as the 64-bit xid closest to
+    `near` (the backup's snapshot, which carries the epoch)."""
+    if xid >= 1 << 32:
+        return xid
+    full = (near & ~0xFFFFFFFF) | xid
+    if full > near + (1 << 31):
+        full -= 1 << 32
+    elif full < near - (1 << 31):
+        full += 1 << 32
+    return full
 
 
 def choose_backup(catalog: list[dict[str, Any]], target: RecoveryTarget, set_id: str | None,

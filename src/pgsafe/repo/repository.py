@@ -273,6 +273,11 @@ class Repository:
         for backup_id in sorted(leftovers - committed):
             self.remove_prefix(f"{prefix}{backup_id}")
             removed.append(backup_id)
+        # temporary files of writers killed elsewhere (catalog, WAL) once they are old:
+        # an archive-push may be writing one right now
+        sweep = getattr(self.storage, "remove_stale_temporary", None)
+        if sweep is not None:
+            sweep(self.cluster_prefix(cluster), 3600)
         return removed
 
     def remove_prefix(self, prefix: str) -> None:

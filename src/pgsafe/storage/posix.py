@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import time
 from typing import BinaryIO, Iterator
 
 from pgsafe.storage.base import Capabilities, ObjectInfo, StorageError
@@ -130,6 +131,21 @@ class PosixStorage:
 
     def local_path(self, key: str) -> str:
         return self._path(key)
+
+    def remove_stale_temporary(self, prefix: str, older_than: float) -> int:
+        """Temporary files of writers killed long ago (never visible to list)."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for dirpath, _dirs, files in os.walk(self._path(prefix.rstrip("/")) if prefix else self.root):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                try:
+                    if TMP_MARK in name and os.stat(full).st_mtime < cutoff:
+                        os.unlink(full)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
 
 class _PosixWriter:
