@@ -282,7 +282,7 @@ def _dump_stream(argv: list[str], writers: list[DumpWriter], path: str,
     streams = [w.stream(path) for w in writers]
     done = 0
     try:
-        while chunk := proc.stdout.read(codec.CHUNK):
+        for chunk in read_ahead(proc.stdout):
             for s in streams:
                 s.write(chunk)
             done += len(chunk)
@@ -296,6 +296,57 @@ def _dump_stream(argv: list[str], writers: list[DumpWriter], path: str,
         raise
     finally:
         proc.close()
+
+
+def read_ahead(src: Any, depth: int = 4) -> Iterator[bytes]:
+    """Chunks of a pipe, read by a thread up to `depth` chunks ahead, so that pg_dump
+    keeps writing while pgsafe compresses (zstd releases the GIL); memory stays at
+    about (depth + 2) x 4 MiB."""
+    import queue
+    import threading
+
+    _grow_pipe(src)
+    q: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                chunk = src.read(codec.CHUNK)
+                q.put(chunk or None)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=reader, name="pgsafe-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a blocked put() finish
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+def _grow_pipe(src: Any) -> None:
+    """A larger pipe buffer (Linux: up to 1 MiB unprivileged) lets the writer run ahead."""
+    import fcntl
+
+    setsz = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    try:
+        fcntl.fcntl(src.fileno(), setsz, 1 << 20)
+    except OSError:
+        pass
 
 
 # -- directory format: staged file by file ----------------------------------------

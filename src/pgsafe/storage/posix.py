@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import time
 from typing import BinaryIO, Iterator
 
@@ -155,7 +154,7 @@ class _PosixWriter:
         self.path = path
         directory = os.path.dirname(path)
         storage.makedirs(directory)
-        self.tmp = os.path.join(directory, f".{os.path.basename(path)}{TMP_MARK}{secrets.token_hex(6)}")
+        self.tmp = os.path.join(directory, f".{os.path.basename(path)}{TMP_MARK}{os.urandom(6).hex()}")
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         self.offset = 0
 
