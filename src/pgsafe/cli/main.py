@@ -53,13 +53,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fast_archive_args(argv: Sequence[str]) -> argparse.Namespace | None:
+    """archive-push and archive-get run once per WAL segment: parse their fixed shape
+    by hand, skipping argparse and the import of every command module. Anything
+    unusual returns None and goes through the full parser."""
+    options: dict[str, object] = {"config": None, "cluster": None, "debug": False}
+    i = 0
+    while i < len(argv) and argv[i].startswith("--"):
+        flag, eq, value = argv[i].partition("=")
+        if flag == "--debug" and not eq:
+            options["debug"] = True
+            i += 1
+        elif flag in ("--config", "--cluster"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    return None
+                value = argv[i + 1]
+                i += 1
+            options[flag[2:]] = value
+            i += 1
+        else:
+            return None
+    rest = list(argv[i:])
+    if len(rest) == 2 and rest[0] == "archive-push" and not rest[1].startswith("-"):
+        from pgsafe.cli.archive import run_push
+
+        return argparse.Namespace(command=rest[0], path=rest[1], run=run_push, **options)
+    if len(rest) == 3 and rest[0] == "archive-get" and not any(a.startswith("-") for a in rest[1:]):
+        from pgsafe.cli.archive import run_get
+
+        return argparse.Namespace(command=rest[0], name=rest[1], dest=rest[2], run=run_get, **options)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pgsafe.errors import Interrupted, PgsafeError, StorageFailure
     from pgsafe.storage.base import StorageError
 
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        args = fast_archive_args(argv) or build_parser().parse_args(argv)
         return int(args.run(args) or 0)
     except PgsafeError as exc:
         report_error(exc.message)

@@ -11,7 +11,6 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pgsafe.errors import ConfigError, UsageError
@@ -150,7 +149,8 @@ def find_config_path(explicit: str | None) -> str:
 def load_config(explicit: str | None = None) -> Config:
     path = find_config_path(explicit)
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; pass --config FILE or set PGSAFE_CONFIG") from None
     except OSError as exc:

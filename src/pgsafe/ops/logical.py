@@ -309,15 +309,21 @@ def read_ahead(src: Any, depth: int = 4) -> Iterator[bytes]:
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
     stop = threading.Event()
 
+    def put(item: bytes | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def reader() -> None:
         try:
-            while not stop.is_set():
-                chunk = src.read(codec.CHUNK)
-                q.put(chunk or None)
-                if not chunk:
-                    return
+            while put(chunk := src.read(codec.CHUNK) or None) and chunk is not None:
+                pass
         except BaseException as exc:  # handed to the consumer
-            q.put(exc)
+            put(exc)
 
     thread = threading.Thread(target=reader, name="pgsafe-read", daemon=True)
     thread.start()
@@ -330,12 +336,7 @@ def read_ahead(src: Any, depth: int = 4) -> Iterator[bytes]:
                 raise item
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():  # let a blocked put() finish
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
+        stop.set()  # the reader ends at its next put, or when the writer's pipe closes
 
 
 def _grow_pipe(src: Any) -> None:

@@ -100,7 +100,7 @@ def run_restore(
         write_recovery_settings(target_dir, settings, standby)
         _restore_control_file(repo, cluster.name, manifest, target_dir)
         _give_to_owner(target_dir, list(locations.values()), manifest.get("owner", {}))
-        os.sync()
+        _sync_filesystems([target_dir, *locations.values()])
     except BaseException:
         if not delta:
             _undo(created)
@@ -492,11 +492,27 @@ def _write_large(repo: Repository, cluster: str, f: FileEntry, path: str, differ
                     written += len(data)
                 advance(len(data))
         os.ftruncate(fd, f.size)
+        os.fsync(fd)  # in the worker, overlapping the next file's decoding
     finally:
         os.close(fd)
     if digest.hexdigest() != f.checksum:
         raise IntegrityError(f"{f.path}: restored content does not match its recorded checksum")
     return written
+
+
+def _sync_filesystems(roots: list[str]) -> None:
+    """Make the small files durable with one syncfs per filesystem (large files were
+    fsynced as they were written): cheaper than an fsync per file."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for root in roots:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if libc.syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
 
 def _write_small(path: str, data: bytes) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from typing import Any
 
 from pgsafe.errors import PassphraseError, RepositoryError
@@ -30,6 +29,8 @@ def passphrase(repo: Any) -> bytes:
             raise PassphraseError(f"{where}: passphrase_file {repo.passphrase_file} is empty")
         return value_b
     if repo.passphrase_command:
+        import subprocess
+
         try:
             out = subprocess.run(repo.passphrase_command, shell=True, capture_output=True, timeout=60)
         except subprocess.TimeoutExpired:
