@@ -49,16 +49,13 @@ def run_copy(args: argparse.Namespace) -> int:
 def run_rekey(args: argparse.Namespace) -> int:
     from pgsafe.cli.common import load
     from pgsafe.errors import PassphraseError
+    from pgsafe.repo.keys import read_passphrase_file
     from pgsafe.repo.repository import open_repository
 
     config, _ = load(args)
     repo = open_repository(config.repo(args.repo))  # proves the current passphrase
     if args.new_passphrase_file:
-        try:
-            with open(args.new_passphrase_file, "rb") as f:
-                new = f.read().rstrip(b"\r\n")
-        except OSError as exc:
-            raise PassphraseError(f"cannot read {args.new_passphrase_file}: {exc.strerror}") from None
+        new = read_passphrase_file(args.new_passphrase_file, "--new-passphrase-file")
     else:
         new = os.environ.get(args.new_passphrase_env, "").encode()
     if not new:

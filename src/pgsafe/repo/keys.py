@@ -20,14 +20,7 @@ def passphrase(repo: Any) -> bytes:
             raise PassphraseError(f"{where} is encrypted: set the passphrase in ${repo.passphrase_env}")
         return value.encode()
     if repo.passphrase_file:
-        try:
-            with open(repo.passphrase_file, "rb") as f:
-                value_b = f.read().rstrip(b"\r\n")
-        except OSError as exc:
-            raise PassphraseError(f"{where}: cannot read passphrase_file {repo.passphrase_file}: {exc.strerror}") from None
-        if not value_b:
-            raise PassphraseError(f"{where}: passphrase_file {repo.passphrase_file} is empty")
-        return value_b
+        return read_passphrase_file(repo.passphrase_file, f"{where}: passphrase_file")
     if repo.passphrase_command:
         import subprocess
 
@@ -39,6 +32,17 @@ def passphrase(repo: Any) -> bytes:
             raise PassphraseError(f"{where}: passphrase_command failed (exit {out.returncode}) or printed nothing")
         return out.stdout.rstrip(b"\r\n")
     raise PassphraseError(f"{where} is encrypted: set passphrase_env, passphrase_file or passphrase_command")
+
+
+def read_passphrase_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            value = f.read().rstrip(b"\r\n")
+    except OSError as exc:
+        raise PassphraseError(f"{what} {path}: cannot read it: {exc.strerror}") from None
+    if not value:
+        raise PassphraseError(f"{what} {path} is empty")
+    return value
 
 
 def load_data_key(storage: Any, repo: Any) -> bytes:
