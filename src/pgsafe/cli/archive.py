@@ -62,6 +62,9 @@ def run_get(args: argparse.Namespace) -> int:
     except PgsafeError as exc:
         report_error(exc.message)
         return FATAL_FOR_POSTGRES
+    except Exception as exc:  # I/O errors, bugs: never let recovery take them for "not found"
+        report_error(f"{type(exc).__name__}: {exc}")
+        return FATAL_FOR_POSTGRES
     return 0
 
 

@@ -100,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args is not None and args.debug:
             raise
         return exc.exit_code
+    except BrokenPipeError:  # output cut short by the reader (pgsafe info | head)
+        return 0
     except OSError as exc:  # disk full, permission denied, I/O error, ...
         if args is not None and args.debug:
             raise
@@ -109,8 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         report_error(Interrupted("interrupted").message)
         return Interrupted.exit_code
-    except BrokenPipeError:
-        return 0
     except StorageError as exc:
         if args is not None and args.debug:
             raise

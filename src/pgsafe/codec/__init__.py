@@ -317,6 +317,9 @@ def decode_chunks(chunks: Iterable[bytes], data_key: bytes | None = None) -> Ite
     header = read_header(head)
     rest = head[HEADER_SIZE:]
     expect_size, expect_digest = header.size, header.digest
+    if data_key is not None and not header.encryption:
+        # in an encrypted repository a plain object can only be a forgery
+        raise CodecError("object is not encrypted, in an encrypted repository")
     if header.encryption:
         if data_key is None:
             raise CodecError("object is encrypted and no key was given")

@@ -229,11 +229,11 @@ def run_backup_everywhere(cluster: ClusterConfig, repos: list[RepoConfig], **opt
     needs) into every other one; each applies its own retention."""
     from pgsafe.ops.copy import copy_locked
 
+    targets = [open_repository(other) for other in repos[1:]]  # every passphrase is right before we start
     result = run_backup(cluster, repos[0], **options)
     results = [result]
     source = open_repository(repos[0])
-    for other in repos[1:]:
-        target = open_repository(other)
+    for other, target in zip(repos[1:], targets):
         with target.lock(cluster.name, "backup"):
             copied = copy_locked(source, target, cluster.name, options.get("jobs") or os.cpu_count() or 2,
                                  only=result.id)

@@ -53,7 +53,9 @@ def expire_locked(repo: Repository, cluster: str, policy: RetentionPolicy, *, dr
         result.backups = _explicit(catalog, set_id, with_dependents, repo.pins(cluster))
     else:
         if not policy.configured:
-            result.notices.append(f"no retention configured for repository {repo.name!r}: no backup expires")
+            result.notices.append(f"no retention configured for repository {repo.name!r}: nothing expires")
+            result.leftovers_removed = [] if dry_run else repo.collect_garbage(cluster)
+            return result
         result.backups = plan_expiry(catalog, policy, repo.pins(cluster), datetime.now(timezone.utc))
     gone = {e.backup_id for e in result.backups}
     kept = [b for b in catalog if b["id"] not in gone]

@@ -181,7 +181,7 @@ class FileCopier:
                 writer.write(encoder.header)
             offset = 0
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as src:
-                while chunk := src.read(codec.CHUNK):
+                while chunk := read_full(src, codec.CHUNK):
                     if first_block is not None:
                         self._verify_pages(source.abs_path, source.path, chunk, offset, first_block, fd)
                     whole.update(chunk)
@@ -272,6 +272,23 @@ class FileCopier:
                         entry["blocks"].extend(confirmed)
                         return
                 self.checksum_errors.append({"path": path, "blocks": confirmed})
+
+
+def read_full(src: Any, size: int) -> bytes:
+    """Read `size` bytes unless the file ends first. A short read in the middle of a
+    file being extended would otherwise shift every later block index."""
+    data = src.read(size)
+    if not data or len(data) == size:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = src.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def _still_needed(old: list[Patch], new: list[Patch], nblocks: int) -> list[Patch]:

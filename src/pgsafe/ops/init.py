@@ -29,22 +29,17 @@ def run_init(config: Config, cluster: ClusterConfig) -> list[InitResult]:
     ident = ClusterIdentity(info.system_identifier, info.version_num, info.wal_segment_size, info.block_size)
     results = []
     for repo_config in config.repos:
-        repo, created = Repository.create(repo_config)
-        if created:
-            _give_to_postgres_user(repo, cluster.pgdata)
+        repo, created = Repository.create(repo_config, _postgres_user(cluster.pgdata))
         registered = repo.register_cluster(cluster.name, ident)
         results.append(InitResult(repo_config.name, repo_config.path, created, registered,
                                   info.system_identifier, info.version_num))
     return results
 
 
-def _give_to_postgres_user(repo: Repository, pgdata: str) -> None:
+def _postgres_user(pgdata: str) -> tuple[int, int] | None:
     """Run as root, a new repository belongs to the OS user owning PGDATA: that user
     runs archive_command and must be able to write WAL into it."""
-    set_owner = getattr(repo.storage, "set_owner", None)
-    if os.geteuid() != 0 or set_owner is None:
-        return
+    if os.geteuid() != 0:
+        return None
     st = os.stat(pgdata)
-    set_owner(st.st_uid, st.st_gid)
-    local = repo.storage.local_path("pgsafe.json")
-    os.chown(local, st.st_uid, st.st_gid)
+    return st.st_uid, st.st_gid

@@ -208,7 +208,7 @@ def _run_job(job: _Job, stores: list[DumpStore], repo_configs: list[RepoConfig],
     started = time.monotonic()
     start_time = _now()
     writers = [s.writer(job.id, rc.bundle_limit, rc.bundle_size) for s, rc in zip(stores, repo_configs)]
-    label = job.database if job.kind == "database" else "globals"
+    label = job.database if job.kind == "database" and job.database else "globals"
     report = (lambda n: progress(label, n)) if progress is not None else (lambda n: None)
     try:
         if job.format == "directory":

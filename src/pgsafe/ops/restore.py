@@ -24,10 +24,12 @@ from pgsafe.errors import (IntegrityError, NoBackup, PassphraseError, Repository
                            StorageFailure)
 from pgsafe.pg import wal
 from pgsafe.pg.recovery import RecoveryTarget, write_recovery_settings
+from pgsafe.ops.filecopy import read_full
 from pgsafe.policy.target import choose_backup, validate_target
 from pgsafe.repo.content import decode_small, iter_blocks, iter_content, read_ref
 from pgsafe.repo.manifest import BLOCK_SIZE, DIGEST_SIZE, FileEntry, Ref, block_digests, entries
 from pgsafe.repo.repository import Repository, open_repository
+from pgsafe.storage import StorageError
 
 Progress = Callable[[int, int], None]
 
@@ -120,10 +122,10 @@ def run_restore_any(cluster: ClusterConfig, repos: list[RepoConfig], **options: 
     for repo_config in repos:
         try:
             return run_restore(cluster, repo_config, **options)
-        except (IntegrityError, RepositoryError, StorageFailure, NoBackup, PassphraseError) as exc:
+        except (IntegrityError, RepositoryError, StorageFailure, NoBackup, PassphraseError, StorageError) as exc:
             if len(repos) == 1:
                 raise
-            errors.append(f"repository {repo_config.name!r}: {exc.message}")
+            errors.append(f"repository {repo_config.name!r}: {getattr(exc, 'message', exc)}")
     raise RestoreError("no repository could restore: " + "; ".join(errors))
 
 
@@ -227,18 +229,22 @@ def _remove_extra(target_dir: str, manifest: dict[str, Any], locations: dict[int
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if not os.path.islink(full) and rel not in keep_dirs:
                 os.rmdir(full)
+    # in a tablespace, only this cluster's version directory is ours: another major
+    # version's (pg_upgrade leaves them side by side) is left alone
     for oid, location in locations.items():
         prefix = f"pg_tblspc/{oid}"
-        for dirpath, dirs, files in os.walk(location, topdown=False):
-            rel_dir = os.path.relpath(dirpath, location)
-            rel_dir = prefix if rel_dir == "." else f"{prefix}/{rel_dir}"
-            for name in files:
-                if f"{rel_dir}/{name}" not in keep_files:
-                    os.unlink(os.path.join(dirpath, name))
-                    removed += 1
-            for name in dirs:
-                if f"{rel_dir}/{name}" not in keep_dirs:
-                    shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+        ours = {d.split("/")[2] for d in keep_dirs if d.startswith(prefix + "/") and d.count("/") >= 2}
+        for version_dir in ours:
+            root = os.path.join(location, version_dir)
+            for dirpath, dirs, files in os.walk(root, topdown=False):
+                rel_dir = f"{prefix}/{os.path.relpath(dirpath, location)}"
+                for name in files:
+                    if f"{rel_dir}/{name}" not in keep_files:
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+                for name in dirs:
+                    if f"{rel_dir}/{name}" not in keep_dirs:
+                        shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
     return removed
 
 
@@ -453,10 +459,7 @@ def _differing_blocks(path: str, f: FileEntry, blockmap: bytes) -> set[int] | No
     differing: set[int] = set()
     with src:
         index = 0
-        while True:
-            chunk = src.read(codec.CHUNK)
-            if not chunk:
-                break
+        while chunk := read_full(src, codec.CHUNK):
             for digest in block_digests(chunk):
                 if index >= count or want[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] != digest:
                     differing.add(index)

@@ -18,10 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import xxhash
+
 from pgsafe import codec
 from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import IntegrityError, NoBackup, PgsafeError
 from pgsafe.pg import wal
+from pgsafe.repo.content import iter_blocks
 from pgsafe.repo.manifest import BLOCK_SIZE, DIGEST_SIZE, FileEntry, block_digests, entries
 from pgsafe.repo.repository import Repository, open_repository
 
@@ -139,13 +142,33 @@ def _backup_tasks(repo: Repository, cluster: str, backup: dict[str, Any],
             problem("object", f"{key}: {getattr(exc, 'message', exc)}", backup_id)
         count("objects_checked")
 
+    def check_rebuilt(f: FileEntry) -> None:
+        """A file this backup patched: rebuild it from every backup it spans and check
+        the whole and each block against what the backup recorded."""
+        digest = codec.new_digest()
+        assert f.blockmap is not None
+        first, n = f.blockmap
+        want = blockmap[first * DIGEST_SIZE:(first + n) * DIGEST_SIZE]
+        try:
+            for index, data in iter_blocks(repo, cluster, f):
+                digest.update(data)
+                if xxhash.xxh3_128_digest(data) != want[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE]:
+                    raise IntegrityError(f"{f.path}: block {index} does not match the block map")
+            if digest.hexdigest() != f.checksum:
+                raise IntegrityError(f"{f.path}: rebuilt content does not match its recorded checksum")
+        except PgsafeError as exc:
+            problem("object", exc.message, backup_id, f.path)
+        count("files_checked")
+
     def check_borrowed() -> None:
         for other, number in sorted(borrowed):
             key = repo.data_key(cluster, other, number)
             if repo.storage.stat(key) is None:
                 problem("object", f"stored object {key} (from backup {other}) is missing", backup_id)
 
-    return [lambda n=n: check_object(n) for n in sorted(own)] + [check_borrowed]
+    patched = [f for f in files if any(p.backup == backup_id for p in f.patches)]
+    return ([lambda n=n: check_object(n) for n in sorted(own)] + [check_borrowed]
+            + [lambda f=f: check_rebuilt(f) for f in patched])
 
 
 def _check_base(repo: Repository, key: str, f: FileEntry, blockmap: bytes) -> None:

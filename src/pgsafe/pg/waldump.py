@@ -10,7 +10,7 @@ import os
 import re
 import subprocess
 
-from pgsafe.errors import PgsafeError
+from pgsafe.errors import ToolMissing
 from pgsafe.pg.wal import format_lsn, parse_lsn
 
 _RESTORE_POINT = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: RESTORE_POINT (.*)$")
@@ -23,7 +23,7 @@ def server_binary(name: str, pg_version: int) -> str:
         path = os.path.join(directory, name)
         if os.access(path, os.X_OK):
             return path
-    raise PgsafeError(f"{name} of PostgreSQL {major} not found (looked in /usr/lib/postgresql/{major}/bin "
+    raise ToolMissing(f"{name} of PostgreSQL {major} not found (looked in /usr/lib/postgresql/{major}/bin "
                       f"and /usr/pgsql-{major}/bin); install the PostgreSQL {major} server package")
 
 

@@ -268,12 +268,16 @@ class DumpWriter:
     def _write_bundle(self, items: list[tuple[str, bytes, str, int]]) -> list[DumpFile]:
         number = self._number()
         out = []
-        with self.store.repo.storage.writer(self.store.object_key(self.dump_id, number)) as w:
+        w = self.store.repo.storage.writer(self.store.object_key(self.dump_id, number))
+        try:
             for path, blob, digest, size in items:
                 out.append(DumpFile(path, size, digest, (Part(number, w.tell(), len(blob), size, digest),)))
                 w.write(blob)
             length = w.tell()
             w.commit()
+        except BaseException:
+            w.abort()
+            raise
         self._stored(length)
         return out
 

@@ -93,12 +93,17 @@ class Repository:
         return repo
 
     @classmethod
-    def create(cls, config: Any) -> tuple["Repository", bool]:
-        """Open the repository, creating it when absent. Returns (repo, created)."""
+    def create(cls, config: Any, owner: tuple[int, int] | None = None) -> tuple["Repository", bool]:
+        """Open the repository, creating it when absent. Returns (repo, created).
+        `owner` (uid, gid) is given everything a new local repository holds, when run
+        as root."""
         storage = open_storage(config)
         name = config.name
         if storage.stat(FORMAT_KEY) is not None:
             return cls.open(config), False
+        set_owner = getattr(storage, "set_owner", None)
+        if owner is not None and set_owner is not None:
+            set_owner(*owner)
         data_key = None
         if config.encryption != "none":
             # the wrapped key first, the format marker last: a crash leaves no repository
@@ -106,7 +111,8 @@ class Repository:
         marker = {"format": FORMAT_VERSION, "created": _now_iso(), "tool": "pgsafe", "encryption": config.encryption}
         w = storage.writer(FORMAT_KEY)
         w.write(json.dumps(marker, indent=1).encode() + b"\n")
-        w.commit(overwrite=False)
+        if not w.commit(overwrite=False):
+            raise RepositoryError(f"repository {name!r} was initialised by someone else meanwhile; run init again")
         return cls(storage, name, codec.Codec(config.compression, config.compression_level, data_key)), True
 
     def rekey(self, new_passphrase: bytes) -> None:

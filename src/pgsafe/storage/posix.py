@@ -111,10 +111,12 @@ class PosixStorage:
                 yield ObjectInfo(key, st.st_size, st.st_mtime)
 
     def remove(self, key: str) -> None:
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
+        _fsync_dir(os.path.dirname(path))  # removals are ordered (un-commit first): make them durable
 
     def remove_prefix(self, prefix: str) -> None:
         """Remove every object under prefix, temporary files included, and empty dirs."""
