@@ -25,16 +25,19 @@ def run(args: argparse.Namespace) -> int:
     results = [run_expire(cluster, r, dry_run=args.dry_run, set_id=args.set_id,
                           with_dependents=args.with_dependents) for r in repos]
     if args.output == "json":
-        print_json([{**r.__dict__, "backups": [e.__dict__ for e in r.backups]} for r in results])
+        print_json([{**r.__dict__, "backups": [e.__dict__ for e in r.backups],
+                     "dumps": [e.__dict__ for e in r.dumps]} for r in results])
         return 0
     verb = "would remove" if args.dry_run else "removed"
     for r in results:
         for notice in r.notices:
             print(f"NOTICE: {notice}")
-        if not r.backups and not r.wal_removed:
+        if not r.backups and not r.wal_removed and not r.dumps:
             print(f"repository {r.repo}: nothing to expire")
         for e in r.backups:
             print(f"repository {r.repo}: {verb} backup {e.backup_id}: {e.reason}")
+        for e in r.dumps:
+            print(f"repository {r.repo}: {verb} logical backup {e.backup_id}: {e.reason}")
         if r.wal_removed:
             print(f"repository {r.repo}: {verb} {len(r.wal_removed)} WAL files "
                   f"({r.wal_removed[0]} .. {r.wal_removed[-1]}), older than the oldest kept backup")

@@ -15,6 +15,7 @@ def add_parser(sub: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from pgsafe.cli.common import load
     from pgsafe.errors import NoBackup
+    from pgsafe.repo.dumps import DumpStore
     from pgsafe.repo.repository import open_repository
 
     config, cluster = load(args)
@@ -22,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     done = []
     for repo_config in repos:
         repo = open_repository(repo_config)
-        if args.backup_id in {b["id"] for b in repo.catalog(cluster.name)}:
+        known = {b["id"] for b in repo.catalog(cluster.name)} | {d["id"] for d in DumpStore(repo, cluster.name).catalog()}
+        if args.backup_id in known:
             repo.set_pin(cluster.name, args.backup_id, args.pinned)
             done.append(repo.name)
     if not done:

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
         print_json([{**r.__dict__, "ok": r.ok, "problems": [p.__dict__ for p in r.problems]} for r in results])
     else:
         for r in results:
-            print(f"repository {r.repo}: {r.backups_checked} backups, {r.files_checked} files, "
+            print(f"repository {r.repo}: {r.backups_checked} backups, {r.dumps_checked} logical backups, "
+                  f"{r.files_checked} files, "
                   f"{r.objects_checked} objects, {r.wal_checked} WAL files checked: "
                   + ("OK" if r.ok else f"{len(r.problems)} problem(s)"))
             for p in r.problems:

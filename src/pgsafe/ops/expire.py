@@ -53,8 +53,10 @@ def expire_locked(repo: Repository, cluster: str, policy: RetentionPolicy, *, dr
         result.backups = _explicit(catalog, set_id, with_dependents, repo.pins(cluster))
     else:
         if not policy.configured:
-            result.notices.append(f"no retention configured for repository {repo.name!r}: nothing expires")
-            result.leftovers_removed = [] if dry_run else repo.collect_garbage(cluster)
+            what = "no backup or WAL expires" if policy.dumps_configured else "nothing expires"
+            result.notices.append(f"no retention configured for repository {repo.name!r}: {what}")
+            result.leftovers_removed = [] if dry_run else (repo.collect_garbage(cluster)
+                                                          + collect_dump_garbage(repo, cluster))
             return result
         result.backups = plan_expiry(catalog, policy, repo.pins(cluster), datetime.now(timezone.utc))
     gone = {e.backup_id for e in result.backups}

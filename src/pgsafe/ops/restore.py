@@ -73,7 +73,7 @@ def run_restore(
     else:
         _require_empty(target_dir, "target directory")
     repo = open_repository(repo_config)
-    timeline, history = _target_timeline(repo, cluster.name, target)
+    timeline, history = target_timeline(repo, cluster.name, target)
     catalog = repo.catalog(cluster.name)
     if target.kind == "name" and set_id is None:
         set_id = _backup_before_restore_point(repo, cluster.name, catalog, str(target.value))
@@ -129,7 +129,7 @@ def run_restore_any(cluster: ClusterConfig, repos: list[RepoConfig], **options: 
     raise RestoreError("no repository could restore: " + "; ".join(errors))
 
 
-def _target_timeline(repo: Repository, cluster: str, target: RecoveryTarget) -> tuple[int | None, list[Any]]:
+def target_timeline(repo: Repository, cluster: str, target: RecoveryTarget) -> tuple[int | None, list[Any]]:
     """The timeline recovery will follow (None: each backup's own), with its history."""
     if target.timeline == "current":
         return None, []

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import RestoreError
-from pgsafe.ops.restore import _target_timeline, run_restore
+from pgsafe.ops.restore import target_timeline, run_restore
 from pgsafe.ops.signals import interruptible, shielded
 from pgsafe.pg import relocate
 from pgsafe.pg.conn import connect
@@ -95,7 +95,7 @@ def run_restore_table(cluster: ClusterConfig, repo_config: RepoConfig, request: 
                            f"choose another name with --as {dst_schema}.{dst_name}_restored")
     # which backup, and where its tablespaces go
     repo = open_repository(repo_config)
-    timeline, history = _target_timeline(repo, cluster.name, target)
+    timeline, history = target_timeline(repo, cluster.name, target)
     backup = choose_backup(repo.catalog(cluster.name), target, request.set_id, timeline, history)
     major = int(backup["pg_version"]) // 10000
     pg_dump = find_tool("pg_dump", major)
