@@ -10,7 +10,6 @@ import os
 import pwd
 import grp
 import shutil
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -22,12 +21,12 @@ from pgsafe import codec
 from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import (IntegrityError, NoBackup, PassphraseError, RepositoryError, RestoreError,
                            StorageFailure)
-from pgsafe.pg import wal
 from pgsafe.pg.recovery import RecoveryTarget, write_recovery_settings
-from pgsafe.ops.filecopy import read_full
+from pgsafe.ops.delta import DeltaStats, differing_blocks, remove_extra, require_stopped, same_small
+from pgsafe.ops.restore_target import backup_before_restore_point, target_timeline
 from pgsafe.policy.target import choose_backup, validate_target
 from pgsafe.repo.content import decode_small, iter_blocks, iter_content, read_ref
-from pgsafe.repo.manifest import BLOCK_SIZE, DIGEST_SIZE, FileEntry, Ref, block_digests, entries
+from pgsafe.repo.manifest import BLOCK_SIZE, FileEntry, Ref, entries
 from pgsafe.repo.repository import Repository, open_repository
 from pgsafe.storage import StorageError
 
@@ -69,14 +68,14 @@ def run_restore(
     target_dir = os.path.abspath(target_dir)
     delta = delta and _has_entries(target_dir)
     if delta:
-        _require_stopped(target_dir)
+        require_stopped(target_dir)
     else:
         _require_empty(target_dir, "target directory")
     repo = open_repository(repo_config)
     timeline, history = target_timeline(repo, cluster.name, target)
     catalog = repo.catalog(cluster.name)
     if target.kind == "name" and set_id is None:
-        set_id = _backup_before_restore_point(repo, cluster.name, catalog, str(target.value))
+        set_id = backup_before_restore_point(repo, cluster.name, catalog, str(target.value))
     backup = choose_backup(catalog, target, set_id, timeline, history)
     manifest = repo.manifest(cluster.name, backup["id"])
     if manifest.get("id") != backup["id"]:
@@ -95,7 +94,7 @@ def run_restore(
         stats = _restore_files(repo, cluster.name, manifest, target_dir, jobs or os.cpu_count() or 2,
                                progress, delta)
         if delta:
-            stats.add(removed=_remove_extra(target_dir, manifest, locations))
+            stats.add(removed=remove_extra(target_dir, manifest, locations))
         if locations:
             _rewrite_tablespace_map(target_dir, locations)
         settings = {"restore_command": restore_command, **target.settings()}
@@ -129,56 +128,6 @@ def run_restore_any(cluster: ClusterConfig, repos: list[RepoConfig], **options: 
     raise RestoreError("no repository could restore: " + "; ".join(errors))
 
 
-def target_timeline(repo: Repository, cluster: str, target: RecoveryTarget) -> tuple[int | None, list[Any]]:
-    """The timeline recovery will follow (None: each backup's own), with its history."""
-    if target.timeline == "current":
-        return None, []
-    histories = sorted(wal.timeline_of(n) for n in repo.wal_files(cluster) if wal.is_history(n))
-    if target.timeline is None or target.timeline == "latest":
-        if not histories:
-            return None, []
-        timeline = histories[-1]
-    else:
-        timeline = int(target.timeline)
-    if timeline == 1 or timeline not in histories:
-        return timeline, []
-    text = repo.codec.decode(repo.storage.read(repo.wal_key(cluster, wal.history_name(timeline)))).decode()
-    return timeline, wal.parse_history(text)
-
-
-def _backup_before_restore_point(repo: Repository, cluster: str, catalog: list[dict[str, Any]],
-                                 name: str) -> str | None:
-    """The newest backup that ends before the restore point, found by reading the
-    archived WAL after each backup, newest first. None (the newest backup) when the
-    point is not found: recovery will say so."""
-    from pgsafe.pg.waldump import restore_points, server_binary
-
-    if not catalog:
-        return None
-    ident = repo.cluster_identity(cluster)
-    waldump = server_binary("pg_waldump", ident.pg_version)
-    seg_size = ident.wal_segment_size
-    archived = set(repo.wal_files(cluster))
-    end = None  # scan [backup stop, previous backup stop) intervals
-    for backup in reversed(catalog):
-        tl, first = wal.parse_segment_name(backup["wal_stop"], seg_size)
-        start_lsn = wal.parse_lsn(backup["stop_lsn"])
-        with tempfile.TemporaryDirectory(prefix="pgsafe-waldump-") as tmp:
-            segno = first
-            while end is None or segno <= end:
-                seg = wal.segment_name(tl, segno, seg_size)
-                if seg not in archived:
-                    break
-                with open(os.path.join(tmp, seg), "wb") as f:
-                    f.write(repo.codec.decode(repo.storage.read(repo.wal_key(cluster, seg))))
-                segno += 1
-            last_lsn = wal.segment_start_lsn(segno, seg_size)
-            if segno > first and any(n == name for _, n in restore_points(waldump, tmp, tl, start_lsn, last_lsn)):
-                return str(backup["id"])
-        end = first
-    return None
-
-
 def _has_entries(path: str) -> bool:
     return os.path.isdir(path) and bool(os.listdir(path))
 
@@ -188,64 +137,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _require_stopped(target_dir: str) -> None:
-    """Delta restore rewrites a data directory in place: never under a running server."""
-    pidfile = os.path.join(target_dir, "postmaster.pid")
-    try:
-        with open(pidfile) as f:
-            pid = int(f.readline().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        return
-    if pid > 0:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return  # stale pid file of a crashed server
-        except PermissionError:
-            pass
-        raise RestoreError(
-            f"a PostgreSQL server (pid {pid}) is running on {target_dir}; stop it before a delta restore"
-        )
-
-
-def _remove_extra(target_dir: str, manifest: dict[str, Any], locations: dict[int, str]) -> int:
-    """Delta restore: remove what the backup does not have (files, then directories)."""
-    keep_files = {f["path"] for f in manifest["files"]}
-    keep_dirs = {d["path"] for d in manifest["directories"]}
-    removed = 0
-    for dirpath, dirs, files in os.walk(target_dir, topdown=False, followlinks=False):
-        rel_dir = os.path.relpath(dirpath, target_dir)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            if rel in keep_files or rel in keep_dirs:
-                continue
-            os.unlink(os.path.join(dirpath, name))
-            removed += 1
-        for name in dirs:
-            full = os.path.join(dirpath, name)
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            if not os.path.islink(full) and rel not in keep_dirs:
-                os.rmdir(full)
-    # in a tablespace, only this cluster's version directory is ours: another major
-    # version's (pg_upgrade leaves them side by side) is left alone
-    for oid, location in locations.items():
-        prefix = f"pg_tblspc/{oid}"
-        ours = {d.split("/")[2] for d in keep_dirs if d.startswith(prefix + "/") and d.count("/") >= 2}
-        for version_dir in ours:
-            root = os.path.join(location, version_dir)
-            for dirpath, dirs, files in os.walk(root, topdown=False):
-                rel_dir = f"{prefix}/{os.path.relpath(dirpath, location)}"
-                for name in files:
-                    if f"{rel_dir}/{name}" not in keep_files:
-                        os.unlink(os.path.join(dirpath, name))
-                        removed += 1
-                for name in dirs:
-                    if f"{rel_dir}/{name}" not in keep_dirs:
-                        shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
-    return removed
 
 
 def _restore_control_file(repo: Repository, cluster: str, manifest: dict[str, Any], target_dir: str) -> None:
@@ -377,7 +268,7 @@ def _restore_files(repo: Repository, cluster: str, manifest: dict[str, Any], tar
     def restore_bundle(group: list[FileEntry]) -> None:
         first = group[0]
         assert first.ref is not None
-        todo = [f for f in group if not (delta and _same_small(safe_join(target_dir, f.path), f))]
+        todo = [f for f in group if not (delta and same_small(safe_join(target_dir, f.path), f))]
         stats.add(kept=len(group) - len(todo))
         if todo:
             key = repo.data_key(cluster, first.ref.backup, first.ref.object)
@@ -395,7 +286,7 @@ def _restore_files(repo: Repository, cluster: str, manifest: dict[str, Any], tar
 
     def restore_large(f: FileEntry) -> None:
         path = safe_join(target_dir, f.path)
-        differing = _differing_blocks(path, f, blockmap) if delta else None
+        differing = differing_blocks(path, f, blockmap) if delta else None
         if differing is not None and not differing:
             stats.add(kept=1)
         else:
@@ -417,57 +308,6 @@ def _restore_files(repo: Repository, cluster: str, manifest: dict[str, Any], tar
                 fut.cancel()
             raise
     return stats
-
-
-@dataclass
-class DeltaStats:
-    kept: int = 0
-    written: int = 0
-    bytes_written: int = 0
-    removed: int = 0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def add(self, kept: int = 0, written: int = 0, bytes_written: int = 0, removed: int = 0) -> None:
-        with self._lock:
-            self.kept += kept
-            self.written += written
-            self.bytes_written += bytes_written
-            self.removed += removed
-
-
-def _same_small(path: str, f: FileEntry) -> bool:
-    try:
-        with open(path, "rb") as src:
-            data = src.read(f.size + 1)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return False
-    return len(data) == f.size and codec.digest_hex(data) == f.checksum
-
-
-def _differing_blocks(path: str, f: FileEntry, blockmap: bytes) -> set[int] | None:
-    """Blocks of an existing file that differ from the backup's block map; None when
-    the file is absent (write it all)."""
-    assert f.blockmap is not None
-    first, count = f.blockmap
-    want = blockmap[first * DIGEST_SIZE:(first + count) * DIGEST_SIZE]
-    try:
-        src = open(path, "rb", buffering=0)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    differing: set[int] = set()
-    with src:
-        index = 0
-        while chunk := read_full(src, codec.CHUNK):
-            for digest in block_digests(chunk):
-                if index >= count or want[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] != digest:
-                    differing.add(index)
-                index += 1
-    differing.update(range(index, count))  # blocks missing at the end
-    if os.path.getsize(path) != f.size:
-        differing.add(max(count - 1, 0))
-    return differing
 
 
 def _write_large(repo: Repository, cluster: str, f: FileEntry, path: str, differing: set[int] | None,

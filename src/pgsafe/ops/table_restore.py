@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import RestoreError
-from pgsafe.ops.restore import target_timeline, run_restore
+from pgsafe.ops.restore import run_restore
+from pgsafe.ops.restore_target import target_timeline
 from pgsafe.ops.signals import interruptible, shielded
 from pgsafe.pg import relocate
 from pgsafe.pg.conn import connect
