@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 from pgsafe.cli.common import add_output
 

@@ -6,11 +6,14 @@ start-up time counts. Each command module imports what it needs when it runs.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import argparse
 
 COMMANDS = {
     "init": "pgsafe.cli.init",
@@ -34,14 +37,15 @@ COMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every usage error
-        from pgsafe.errors import UsageError
-
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:  # one line, exit 2, like every usage error
+            from pgsafe.errors import UsageError
+
+            raise UsageError(f"{message} (see `{self.prog} --help`)")
+
     parser = _Parser(prog="pgsafe", description="PostgreSQL backup and recovery")
     parser.add_argument("--config", help="config file (default: $PGSAFE_CONFIG or /etc/pgsafe/pgsafe.toml)")
     parser.add_argument("--cluster", help="cluster name from the config (optional when only one)")
@@ -53,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fast_archive_args(argv: Sequence[str]) -> argparse.Namespace | None:
+def fast_archive_args(argv: Sequence[str]) -> Any:
     """archive-push and archive-get run once per WAL segment: parse their fixed shape
     by hand, skipping argparse and the import of every command module. Anything
     unusual returns None and goes through the full parser."""
@@ -78,11 +82,11 @@ def fast_archive_args(argv: Sequence[str]) -> argparse.Namespace | None:
     if len(rest) == 2 and rest[0] == "archive-push" and not rest[1].startswith("-"):
         from pgsafe.cli.archive import run_push
 
-        return argparse.Namespace(command=rest[0], path=rest[1], run=run_push, **options)
+        return SimpleNamespace(command=rest[0], path=rest[1], run=run_push, **options)
     if len(rest) == 3 and rest[0] == "archive-get" and not any(a.startswith("-") for a in rest[1:]):
         from pgsafe.cli.archive import run_get
 
-        return argparse.Namespace(command=rest[0], name=rest[1], dest=rest[2], run=run_get, **options)
+        return SimpleNamespace(command=rest[0], name=rest[1], dest=rest[2], run=run_get, **options)
     return None
 
 
