@@ -1,0 +1,1280 @@
+"""Benchmark pgsafe side by side with pgBackRest and pg_basebackup, on one cluster, in one run.
+
+Run it through ``bench/run`` (root; PostgreSQL runs as the ``postgres`` OS user)::
+
+    bench/run --dataset pgbench --scale 100 --rounds 3
+
+What it does, in order:
+
+1. builds the dataset: ``initdb --data-checksums`` and ``pgbench -i -s SCALE`` in a cluster
+   under the work directory (reused with ``--reuse-dataset`` when it already holds the same
+   dataset);
+2. creates fresh repositories: ``pgsafe init`` and ``pgbackrest stanza-create``;
+3. full backups, alternating the tools over the rounds (A B C D A B C D ...). Before each
+   run, untimed: ``archive_command`` is switched to the tool under test (pgsafe's runs are
+   archived by pgsafe only, pgBackRest's by pgBackRest only), CHECKPOINT, wait until the
+   archiver is idle, ``sync``;
+4. restores of each tool's last full backup into an empty directory, alternating, without
+   starting a server; then, untimed, each restored copy is started once and its data is
+   compared with the source;
+5. ``archive-push`` of real 16 MiB segments of this cluster, captured from the archiver,
+   each pushed once by each tool under a name new to its repository, alternating.
+
+For each run: wall time, CPU time of the tool (user+sys of the process and all its
+descendants, from wait4), CPU time of the whole machine (/proc/stat, which also counts the
+server side, e.g. the walsender that reads files for pg_basebackup), the largest single
+process's peak RSS, the peak PSS of the tool's process tree (sampled), and bytes stored.
+
+Raw results go to bench/results/ (gitignored); the table of medians to docs/PERFORMANCE.md
+between the ``bench:begin``/``bench:end`` markers (text outside them is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import grp
+import hashlib
+import json
+import os
+import platform
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+RESULTS = HERE / "results"
+DOC = PROJECT / "docs" / "PERFORMANCE.md"
+
+PGBIN = Path("/usr/lib/postgresql/15/bin")
+INSTALLED_PGSAFE = Path(os.environ.get("PGSAFE_VENV", "/opt/pgsafe")) / "bin" / "pgsafe"
+PGSAFE = INSTALLED_PGSAFE  # replaced by the run's frozen snapshot (see snapshot_pgsafe)
+PGBACKREST = Path(shutil.which("pgbackrest") or "/usr/bin/pgbackrest")
+OS_USER = "postgres"
+STANZA = "bench"
+CLUSTER = "main"
+TOOLS = ("pgsafe", "pgbackrest", "pg_basebackup")
+REFERENCE = "tar|zstd"
+SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- running things as the postgres user, measured ---------------------------------------
+
+
+def _pg_ids() -> tuple[int, int, str]:
+    pw = pwd.getpwnam(OS_USER)
+    return pw.pw_uid, pw.pw_gid, pw.pw_dir
+
+
+def _env() -> dict[str, str]:
+    _, _, home = _pg_ids()
+    return {"PATH": f"{PGBIN}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8", "USER": OS_USER, "LOGNAME": OS_USER}
+
+
+def chown(path: Path) -> None:
+    uid, gid, _ = _pg_ids()
+    os.chown(path, uid, gid)
+
+
+def mkdir_pg(path: Path, mode: int = 0o700) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    chown(path)
+    return path
+
+
+def run_pg(cmd: list[str], *, check: bool = True, timeout: float = 3600, cwd: Path | None = None,
+           capture: bool = True) -> subprocess.CompletedProcess:
+    """Run an untimed helper command as the postgres user."""
+    uid, gid, _ = _pg_ids()
+    res = subprocess.run(cmd, user=uid, group=gid, extra_groups=[], env=_env(), cwd=cwd or WORK,
+                         capture_output=capture, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"command failed ({res.returncode}): {shlex.join(cmd)}\n"
+                           f"{(res.stdout or '')[-2000:]}{(res.stderr or '')[-4000:]}")
+    return res
+
+
+def _proc_stat_busy() -> float:
+    """Seconds of non-idle CPU time of the whole machine since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class TreeSampler(threading.Thread):
+    """Samples the summed PSS (and RSS) of a process and all its descendants."""
+
+    def __init__(self, root: int, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.interval = interval
+        self.peak_pss_kb = 0
+        self.peak_rss_kb = 0
+        self.peak_procs = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self._sample()
+            except Exception:  # a process vanishing mid-scan is normal
+                pass
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def _sample(self) -> None:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+        tree, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        pss = rss = 0
+        for pid in tree:
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    for line in f:
+                        if line.startswith("Pss:"):
+                            pss += int(line.split()[1])
+                        elif line.startswith("Rss:"):
+                            rss += int(line.split()[1])
+            except OSError:
+                continue
+        self.peak_pss_kb = max(self.peak_pss_kb, pss)
+        self.peak_rss_kb = max(self.peak_rss_kb, rss)
+        self.peak_procs = max(self.peak_procs, len(tree))
+
+
+def postmaster_cpu(pgdata: Path) -> float:
+    """CPU seconds used so far by a running cluster: the postmaster, its live children, and
+    (through the postmaster's cutime/cstime) every child it has already reaped, e.g. the
+    backend or walsender that served a finished backup."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+    def times(stat: str) -> tuple[int, float]:
+        f = stat[stat.rindex(")") + 2:].split()
+        return int(f[1]), sum(int(x) for x in f[11:15]) / CLK_TCK  # ppid; utime stime cutime cstime
+
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    ppid, secs = times(fh.read())
+            except (OSError, ValueError):
+                continue
+            if ppid == pid or int(entry.name) == pid:
+                total += secs
+    return total
+
+
+SERVER_PGDATA: Path | None = None  # the bench cluster, whose CPU time each run also records
+
+
+def foreign_cpu_snapshot() -> dict[int, float]:
+    """CPU seconds (own + reaped children) of every user-space process that is neither this
+    bench, nor the bench cluster and its descendants (archive_command included), nor a
+    kernel thread: the other sessions sharing this machine."""
+    procs: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, own ticks, reaped children's ticks)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        procs[int(entry.name)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))
+    mine = {os.getpid(), 2}
+    try:
+        if SERVER_PGDATA is not None:
+            mine.add(int((SERVER_PGDATA / "postmaster.pid").read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        pass
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = list(mine)
+    while todo:  # descendants of the excluded roots; children of pid 2 are kernel threads
+        for child in children.get(todo.pop(), []):
+            if child not in mine:
+                mine.add(child)
+                todo.append(child)
+    return {pid: (own, reaped) for pid, (_, own, reaped) in procs.items() if pid not in mine}
+
+
+def foreign_cpu_delta(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
+    """CPU seconds the other processes used between two snapshots. A process that ended in
+    between shows up in its parent's reaped-children time with its whole lifetime: what it
+    had used before the first snapshot is taken off again."""
+    ticks = 0
+    for pid, (own, reaped) in after.items():
+        own0, reaped0 = before.get(pid, (0, 0))
+        if own < own0:  # the pid was reused
+            own0 = reaped0 = 0
+        ticks += (own - own0) + (reaped - reaped0)
+    ticks -= sum(own + reaped for pid, (own, reaped) in before.items() if pid not in after)
+    return max(0, ticks) / CLK_TCK
+
+
+def measure(cmd: list[str], name: str, *, timeout: float = 7200, shell: bool = False,
+            sample: bool = True) -> dict[str, Any]:
+    """Run one timed command as the postgres user; stdout/stderr go to logs/<name>.*"""
+    uid, gid, _ = _pg_ids()
+    logs = WORK / "logs"
+    logs.mkdir(exist_ok=True)
+    out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
+    argv = ["/bin/bash", "-c", cmd[0]] if shell else cmd
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        server0 = postmaster_cpu(SERVER_PGDATA) if SERVER_PGDATA else 0.0
+        others0 = foreign_cpu_snapshot()
+        busy0 = _proc_stat_busy()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, user=uid, group=gid, extra_groups=[], env=_env(), cwd=WORK,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+        sampler = TreeSampler(proc.pid)
+        if sample:  # a scan of /proc costs about 1 ms; pointless for sub-second commands
+            sampler.start()
+        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        timer.start()
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        busy1 = _proc_stat_busy()
+        server1 = postmaster_cpu(SERVER_PGDATA) if SERVER_PGDATA else 0.0
+        others1 = foreign_cpu_snapshot()
+        timer.cancel()
+        if sample:
+            sampler.stop()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout = out_path.read_text(errors="replace")
+    stderr = err_path.read_text(errors="replace")
+    return {
+        "command": shlex.join(argv),
+        "rc": proc.returncode,
+        "wall_s": round(wall, 4),
+        "user_s": round(ru.ru_utime, 4),
+        "sys_s": round(ru.ru_stime, 4),
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 4),
+        "machine_cpu_s": round(busy1 - busy0, 3),
+        "server_cpu_s": round(server1 - server0, 3),
+        # CPU used by the other sessions' processes on this machine during the run, in cores on
+        # average: the noise it was measured under (kernel threads, e.g. writeback of the tool's
+        # own writes, are not counted; machine_cpu_s minus cpu_s and server_cpu_s shows them)
+        "foreign_cores": round(foreign_cpu_delta(others0, others1) / max(wall, 0.01), 3),
+        "max_rss_mb": round(ru.ru_maxrss / 1024, 1),
+        "tree_pss_peak_mb": round(sampler.peak_pss_kb / 1024, 1) if sample else None,
+        "tree_rss_peak_mb": round(sampler.peak_rss_kb / 1024, 1) if sample else None,
+        "tree_procs_peak": sampler.peak_procs if sample else None,
+        "stdout_tail": stdout[-3000:],
+        "stderr_tail": stderr[-3000:],
+    }
+
+
+# -- the cluster --------------------------------------------------------------------------
+
+
+class Cluster:
+    def __init__(self, pgdata: Path, port: int, sockdir: Path, logfile: Path) -> None:
+        self.pgdata, self.port, self.sockdir, self.logfile = pgdata, port, sockdir, logfile
+
+    def conn_args(self) -> list[str]:
+        return ["-h", str(self.sockdir), "-p", str(self.port), "-U", OS_USER]
+
+    def running(self) -> bool:
+        return (self.pgdata / "postmaster.pid").exists() and run_pg(
+            [str(PGBIN / "pg_ctl"), "-D", str(self.pgdata), "status"], check=False).returncode == 0
+
+    def start(self, extra: str = "") -> None:
+        cmd = [str(PGBIN / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.logfile), "-w", "-t", "600"]
+        if extra:
+            cmd += ["-o", extra]
+        run_pg(cmd + ["start"])
+
+    def stop(self) -> None:
+        if self.running():
+            run_pg([str(PGBIN / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "600", "stop"])
+
+    def sql(self, query: str, db: str = "postgres") -> str:
+        res = run_pg([str(PGBIN / "psql"), *self.conn_args(), "-d", db, "-X", "-At", "-v", "ON_ERROR_STOP=1",
+                      "-c", query])
+        return res.stdout.strip()
+
+    def set_archive_command(self, command: str) -> None:
+        literal = command.replace("'", "''")
+        self.sql(f"ALTER SYSTEM SET archive_command = '{literal}'")
+        self.sql("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 30
+        while self.sql("SHOW archive_command") != command:
+            if time.monotonic() > deadline:
+                raise RuntimeError("archive_command did not take effect after reload")
+            time.sleep(0.1)
+        time.sleep(0.5)  # the archiver re-reads its configuration on its next cycle
+
+    def wait_archive_idle(self, timeout: float = 600) -> dict[str, Any]:
+        """Wait until no segment waits for archiving; returns pg_stat_archiver."""
+        status = self.pgdata / "pg_wal" / "archive_status"
+        deadline = time.monotonic() + timeout
+        while any(p.name.endswith(".ready") for p in status.iterdir()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"archiver still busy after {timeout} s: {self.archiver_stats()}")
+            time.sleep(0.2)
+        return self.archiver_stats()
+
+    def archiver_stats(self) -> dict[str, Any]:
+        row = self.sql("SELECT archived_count, coalesce(last_archived_wal, ''), failed_count, "
+                       "coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') FROM pg_stat_archiver")
+        a, last, f, last_failed, failed_time = row.split("|")
+        return {"archived_count": int(a), "last_archived_wal": last, "failed_count": int(f),
+                "last_failed_wal": last_failed, "last_failed_time": failed_time}
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def tree_bytes(root: Path) -> tuple[int, int, int]:
+    """(apparent bytes, allocated bytes, files) under root."""
+    apparent = allocated = files = 0
+    if not root.exists():
+        return 0, 0, 0
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            try:
+                st = os.lstat(os.path.join(dirpath, n))
+            except FileNotFoundError:
+                continue
+            apparent += st.st_size
+            allocated += st.st_blocks * 512
+            files += 1
+    return apparent, allocated, files
+
+
+def file_sizes(root: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if not root.exists():
+        return out
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            try:
+                out[os.path.relpath(p, root)] = os.lstat(p).st_size
+            except FileNotFoundError:
+                pass
+    return out
+
+
+def sync_and_settle(drop_caches: bool, quiet: float, max_wait: float, window: float = 1.0) -> dict[str, Any]:
+    """sync (and drop caches), then wait until the machine is quiet: two consecutive windows
+    with less than `quiet` cores busy (other sessions share this machine). Gives up after
+    max_wait seconds and says so in the result."""
+    os.sync()
+    if drop_caches:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    t0 = time.monotonic()
+    calm = 0
+    busy = 0.0
+    while True:
+        b0 = _proc_stat_busy()
+        time.sleep(window)
+        busy = (_proc_stat_busy() - b0) / window
+        calm = calm + 1 if busy < quiet else 0
+        if calm >= 2:
+            return {"waited_s": round(time.monotonic() - t0, 1), "quiet": True, "busy_cores_before": round(busy, 2)}
+        if time.monotonic() - t0 > max_wait:
+            return {"waited_s": round(time.monotonic() - t0, 1), "quiet": False, "busy_cores_before": round(busy, 2)}
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fail_summary(run: dict[str, Any]) -> str:
+    tail = (run.get("stderr_tail") or run.get("stdout_tail") or "").strip().splitlines()
+    return tail[-1] if tail else f"exit code {run.get('rc')}"
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.pg = Cluster(WORK / "pgdata", args.port, WORK / "sock", WORK / "postgresql.log")
+        self.pgsafe_conf = WORK / "pgsafe.toml"
+        self.pgsafe_repo = WORK / "repo-pgsafe"
+        self.pgbr_conf = WORK / "pgbackrest.conf"
+        self.pgbr_repo = WORK / "repo-pgbackrest"
+        self.started = dt.datetime.now(dt.timezone.utc)
+        stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
+        self.result_path = RESULTS / f"{stamp}-{args.dataset}-s{args.scale}.json"
+        self._settle: dict[str, Any] = {}
+        self.results: dict[str, Any] = {
+            "started": self.started.isoformat(timespec="seconds"),
+            "command": "bench/run " + shlex.join(sys.argv[1:]),
+            "dataset": {"name": args.dataset, "scale": args.scale},
+            "settings": {}, "machine": {}, "versions": {},
+            "runs": [], "checks": {}, "anomalies": [],
+        }
+
+    # archive commands, one per tool -----------------------------------------------------
+
+    def pgsafe_push(self) -> str:
+        return f"{PGSAFE} --config {self.pgsafe_conf} archive-push %p"
+
+    def pgbr_push(self) -> str:
+        return f"{PGBACKREST} --config={self.pgbr_conf} --stanza={STANZA} archive-push %p"
+
+    def both_push(self) -> str:
+        return f"{self.pgsafe_push()} && {self.pgbr_push()}"
+
+    def pgsafe_cmd(self, *args: str) -> list[str]:
+        return [str(PGSAFE), "--config", str(self.pgsafe_conf), *args]
+
+    def pgbr_cmd(self, *args: str) -> list[str]:
+        return [str(PGBACKREST), f"--config={self.pgbr_conf}", f"--stanza={STANZA}", *args]
+
+    def anomaly(self, text: str) -> None:
+        log("ANOMALY: " + text)
+        self.results["anomalies"].append(text)
+        self.save()
+
+    def save(self) -> None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        tmp = self.result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=1, default=str))
+        tmp.replace(self.result_path)
+
+    def record(self, run: dict[str, Any]) -> dict[str, Any]:
+        run["before"] = self._settle
+        self.results["runs"].append(run)
+        self.save()
+        state = "ok" if run["rc"] == 0 else f"FAILED rc={run['rc']}: {fail_summary(run)}"
+        state += f"; others used {run['foreign_cores']:.2f} cores" + ("" if self._settle.get("quiet") else
+                                                                       " (machine never got quiet before)")
+        stored = f", stored {run['stored_bytes'] / 1e6:.1f} MB" if run.get("stored_bytes") is not None else ""
+        log(f"  {run['op']:<14} {run['tool']:<14} round {run['round']}: {run['wall_s']:.2f} s wall, "
+            f"{run['cpu_s']:.2f} s cpu, {run['max_rss_mb']:.0f} MB rss{stored} - {state}")
+        return run
+
+    # setup ------------------------------------------------------------------------------
+
+    def describe_machine(self) -> None:
+        cpu = "unknown"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        dev, fstype = "?", "?"
+        best = ""
+        for line in Path("/proc/mounts").read_text().splitlines():
+            d, mnt, fs = line.split()[:3]
+            if str(WORK).startswith(mnt) and len(mnt) >= len(best):
+                best, dev, fstype = mnt, d, fs
+        rot = "?"
+        base = os.path.basename(dev)
+        if Path(f"/sys/block/{base}/queue/rotational").exists():
+            rot = Path(f"/sys/block/{base}/queue/rotational").read_text().strip()
+        self.results["machine"] = {
+            "cores": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 1024 / 1024, 1),
+            "disk": f"{dev} ({fstype}, mounted on {best}, rotational={rot})",
+            "kernel": platform.release(), "os": _os_release(),
+        }
+
+    def disk_write_speed(self) -> None:
+        """A rough ceiling for writing: 1 GiB with dd, flushed before dd exits."""
+        target = WORK / "dd.tmp"
+        t0 = time.perf_counter()
+        subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=4M", "count=256", "conv=fdatasync"],
+                       capture_output=True, check=True)
+        secs = time.perf_counter() - t0
+        target.unlink()
+        self.results["machine"]["disk_write_mb_s"] = round(1024 / secs * 1.048576, 0)
+
+    def describe_versions(self) -> None:
+        def out(cmd: list[str]) -> str:
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+                return (r.stdout or r.stderr).strip().splitlines()[0]
+            except Exception as exc:  # noqa: BLE001 - recorded as is
+                return f"unavailable: {exc}"
+
+        hashes = _pgsafe_source_hashes()
+        head = out(["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"])
+        self.results["versions"] = {
+            "pgsafe": out([str(PGSAFE.parent / "python"), "-c", "import pgsafe; print(pgsafe.__version__)"]),
+            "pgsafe_source": self.args.pgsafe_from,
+            "pgsafe_git_head": head,
+            "pgsafe_src_sha1": hashes,
+            "pgsafe_tested_matches": [k for k in ("git HEAD", "work tree", "installed")
+                                      if hashes.get(k) == hashes["tested"]],
+            "pgbackrest": out([str(PGBACKREST), "version"]),
+            "postgresql": out([str(PGBIN / "postgres"), "--version"]),
+            "pg_basebackup": out([str(PGBIN / "pg_basebackup"), "--version"]),
+            "python": sys.version.split()[0],
+            "zstandard_py": out([str(PGSAFE.parent / "python"), "-c",
+                                 "import zstandard; print(zstandard.__version__, zstandard.ZSTD_VERSION)"]),
+            "zstd_cli": out(["zstd", "--version"]),
+        }
+        log(f"pgsafe sources (sha1 of the .py files): {hashes}")
+
+    def build_dataset(self) -> None:
+        a = self.args
+        marker = WORK / "dataset.json"
+        wanted = {"dataset": a.dataset, "scale": a.scale, "port": a.port}
+        if a.reuse_dataset and marker.exists() and json.loads(marker.read_text()).get("spec") == wanted:
+            log(f"reusing the dataset in {WORK}")
+            if not self.pg.running():
+                self.pg.start()
+            self.results["dataset"].update(json.loads(marker.read_text()))
+            return
+        if (WORK / "pgdata").exists():
+            self.pg.stop()
+        if WORK.exists():
+            shutil.rmtree(WORK)
+        mkdir_pg(WORK, 0o755)
+        mkdir_pg(WORK / "sock", 0o755)
+        log(f"initdb --data-checksums in {WORK / 'pgdata'}")
+        run_pg([str(PGBIN / "initdb"), "-D", str(WORK / "pgdata"), "--data-checksums", "-A", "trust",
+                "-U", OS_USER, "-E", "UTF8", "--locale=C"])
+        with open(WORK / "pgdata" / "postgresql.conf", "a") as f:
+            f.write(
+                "\n# pgsafe bench\n"
+                f"port = {a.port}\n"
+                "listen_addresses = ''\n"
+                f"unix_socket_directories = '{WORK / 'sock'}'\n"
+                "wal_level = replica\n"
+                "archive_mode = on\n"
+                "archive_command = '/bin/true'\n"
+                "max_wal_size = '4GB'\n"
+                "shared_buffers = '256MB'\n"
+                "logging_collector = off\n"
+            )
+        self.pg.start()
+        log(f"pgbench -i -s {a.scale}")
+        t0 = time.perf_counter()
+        run_pg([str(PGBIN / "createdb"), *self.pg.conn_args(), "bench"])
+        run_pg([str(PGBIN / "pgbench"), *self.pg.conn_args(), "-i", "-q", "-s", str(a.scale), "bench"],
+               timeout=7200)
+        self.pg.sql("CHECKPOINT")
+        load = time.perf_counter() - t0
+        size = int(self.pg.sql("SELECT pg_database_size('bench')"))
+        info = {"spec": wanted, "load_s": round(load, 1), "bench_db_bytes": size,
+                "built": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        marker.write_text(json.dumps(info))
+        self.results["dataset"].update(info)
+        log(f"dataset ready: {size / 1e9:.2f} GB in {load:.0f} s")
+
+    def setup_tools(self) -> None:
+        for d in ("repo-pgsafe", "repo-pgbackrest", "pgbackrest-log", "pgbackrest-lock", "pgbackrest-spool",
+                  "basebackup", "restore", "walpool", "logs", "reference", "verify"):
+            if (WORK / d).exists():
+                shutil.rmtree(WORK / d)
+        self.pg.set_archive_command("/bin/true")
+        self.pg.wait_archive_idle()
+        mkdir_pg(self.pgsafe_repo, 0o750)
+        for d in ("pgbackrest-log", "pgbackrest-lock", "pgbackrest-spool", "basebackup", "restore", "walpool",
+                  "logs", "reference", "verify"):
+            mkdir_pg(WORK / d, 0o750)
+        mkdir_pg(self.pgbr_repo, 0o750)
+        level = self.args.level
+        self.pgsafe_conf.write_text(
+            "[repo.main]\n"
+            f'path = "{self.pgsafe_repo}"\n'
+            'compression = "zstd"\n'
+            f"compression_level = {level}\n\n"
+            "[cluster.main]\n"
+            f'pgdata = "{self.pg.pgdata}"\n'
+            f'host = "{self.pg.sockdir}"\n'
+            f"port = {self.pg.port}\n"
+            f'user = "{OS_USER}"\n'
+        )
+        self.pgbr_conf.write_text(
+            "[global]\n"
+            f"repo1-path={self.pgbr_repo}\n"
+            "repo1-retention-full=1000\n"
+            "compress-type=zst\n"
+            f"compress-level={level}\n"
+            f"process-max={self.args.jobs}\n"
+            "start-fast=y\n"
+            "archive-check=y\n"
+            f"log-path={WORK / 'pgbackrest-log'}\n"
+            f"lock-path={WORK / 'pgbackrest-lock'}\n"
+            f"spool-path={WORK / 'pgbackrest-spool'}\n"
+            "log-level-console=warn\n"
+            "log-level-file=info\n\n"
+            f"[{STANZA}]\n"
+            f"pg1-path={self.pg.pgdata}\n"
+            f"pg1-socket-path={self.pg.sockdir}\n"
+            f"pg1-port={self.pg.port}\n"
+            f"pg1-user={OS_USER}\n"
+        )
+        for p in (self.pgsafe_conf, self.pgbr_conf):
+            os.chmod(p, 0o644)
+        log("pgsafe init; pgbackrest stanza-create")
+        run_pg(self.pgsafe_cmd("init"))
+        run_pg(self.pgbr_cmd("stanza-create"))
+        self.pg.set_archive_command(self.both_push())
+        self.pg.sql("SELECT pg_switch_wal()")
+        self.pg.wait_archive_idle()
+        # sanity checks, untimed: each tool's own view that archiving works
+        for tool, cmd in (("pgsafe", self.pgsafe_cmd("check")), ("pgbackrest", self.pgbr_cmd("check"))):
+            r = run_pg(cmd, check=False, timeout=600)
+            self.results["checks"][f"{tool} check"] = {"rc": r.returncode, "output": (r.stdout + r.stderr)[-3000:]}
+            if r.returncode != 0:
+                self.anomaly(f"`{shlex.join(cmd)}` exited {r.returncode}: {(r.stdout + r.stderr).strip()[-500:]}")
+        self.results["settings"] = {
+            "pgsafe": f"backup --type full --jobs {self.args.jobs}; zstd level {level}; "
+                      f"restore --jobs {self.args.jobs} --target immediate",
+            "pgbackrest": f"compress-type=zst compress-level={level} process-max={self.args.jobs} "
+                          "start-fast=y archive-check=y (repo1-bundle off, the 2.45 default); "
+                          f"restore --type=immediate --process-max={self.args.jobs}",
+            "pg_basebackup": f"-Ft -Z client-zstd:{level} -X fetch -c fast (manifest and fsync on, the defaults)",
+            REFERENCE: f"tar -cf - PGDATA minus pg_wal | zstd -{level} -T{self.args.jobs}: "
+                       "the plain cost of reading and compressing the same files on all cores (no fsync, "
+                       "no checksums, no backup API), as a reference",
+            "archiving": "archive_command runs only the tool under test during its backup run; "
+                         "both tools (pgsafe && pgbackrest) otherwise and during pg_basebackup",
+            "before each run (untimed)": "switch archive_command, CHECKPOINT, wait until the archiver is idle, "
+                                         "sync" + (", drop page cache" if self.args.drop_caches
+                                                   else "; page cache warm (the whole dataset fits in RAM)"),
+            "postgresql.conf": "wal_level=replica archive_mode=on shared_buffers=256MB max_wal_size=4GB, "
+                               "data checksums on",
+        }
+        self.save()
+
+    def prepare_run(self, archive_command: str) -> None:
+        self.pg.set_archive_command(archive_command)
+        self.pg.sql("CHECKPOINT")
+        stats = self.pg.wait_archive_idle()
+        if stats["failed_count"] > self._failed_seen:
+            self.anomaly(f"archiver failures: {stats} (see {self.pg.logfile})")
+            self._failed_seen = stats["failed_count"]
+        self._settle = sync_and_settle(self.args.drop_caches, self.args.quiet, self.args.quiet_wait)
+
+    # full backups -----------------------------------------------------------------------
+
+    def backup_pgsafe(self, rnd: int) -> dict[str, Any]:
+        self.prepare_run(self.pgsafe_push())
+        backups = self.pgsafe_repo / "cluster" / CLUSTER / "backup"
+        walroot = self.pgsafe_repo / "cluster" / CLUSTER / "wal"
+        wal0 = file_sizes(walroot)
+        before = set(os.listdir(backups)) if backups.exists() else set()
+        run = measure(self.pgsafe_cmd("backup", "--type", "full", "--jobs", str(self.args.jobs),
+                                      "--output", "json"), f"backup-pgsafe-{rnd}")
+        run.update(op="full backup", tool="pgsafe", round=rnd)
+        new = sorted(set(os.listdir(backups)) - before) if backups.exists() else []
+        if run["rc"] == 0:
+            try:
+                doc = json.loads(run["stdout_tail"])
+                run["backup_id"] = doc.get("id")
+                run["reported"] = {k: doc.get(k) for k in ("size", "stored_size", "file_count", "duration",
+                                                           "wal_start", "wal_stop", "checksum_errors")}
+                if doc.get("checksum_errors"):
+                    self.anomaly(f"pgsafe backup round {rnd} reported checksum errors: {doc['checksum_errors']}")
+            except ValueError:
+                run["backup_id"] = new[-1] if new else None
+            if run.get("backup_id"):
+                app, alloc, files = tree_bytes(backups / run["backup_id"])
+                run.update(stored_bytes=app, stored_alloc_bytes=alloc, stored_files=files)
+        wal1 = file_sizes(walroot)
+        run["wal_archived_during_run"] = {"files": len(set(wal1) - set(wal0)),
+                                          "bytes": sum(wal1[k] for k in set(wal1) - set(wal0))}
+        return self.record(run)
+
+    def backup_pgbackrest(self, rnd: int) -> dict[str, Any]:
+        self.prepare_run(self.pgbr_push())
+        backups = self.pgbr_repo / "backup" / STANZA
+        walroot = self.pgbr_repo / "archive" / STANZA
+        wal0 = file_sizes(walroot)
+        before = {d for d in os.listdir(backups) if re.match(r"^\d{8}-\d{6}F$", d)}
+        run = measure(self.pgbr_cmd("--type=full", "backup"), f"backup-pgbackrest-{rnd}")
+        run.update(op="full backup", tool="pgbackrest", round=rnd)
+        new = sorted({d for d in os.listdir(backups) if re.match(r"^\d{8}-\d{6}F$", d)} - before)
+        if run["rc"] == 0 and new:
+            run["backup_id"] = new[-1]
+            app, alloc, files = tree_bytes(backups / new[-1])
+            run.update(stored_bytes=app, stored_alloc_bytes=alloc, stored_files=files)
+            try:
+                info = json.loads(run_pg(self.pgbr_cmd("--output=json", "info")).stdout)
+                for b in info[0]["backup"]:
+                    if b["label"] == new[-1]:
+                        run["reported"] = {"size": b["info"]["size"], "repo_size": b["info"]["repository"]["size"],
+                                           "wal_start": b["archive"]["start"], "wal_stop": b["archive"]["stop"]}
+            except Exception as exc:  # noqa: BLE001 - informational only
+                run["reported"] = {"error": str(exc)}
+        wal1 = file_sizes(walroot)
+        run["wal_archived_during_run"] = {"files": len(set(wal1) - set(wal0)),
+                                          "bytes": sum(wal1[k] for k in set(wal1) - set(wal0))}
+        return self.record(run)
+
+    def backup_basebackup(self, rnd: int) -> dict[str, Any]:
+        self.prepare_run(self.both_push())
+        out = WORK / "basebackup" / f"round{rnd}"
+        if out.exists():  # a discarded (noisy) attempt of this round
+            shutil.rmtree(out)
+        run = measure([str(PGBIN / "pg_basebackup"), *self.pg.conn_args(), "-D", str(out), "-Ft",
+                       "-Z", f"client-zstd:{self.args.level}", "-X", "fetch", "-c", "fast", "-w"],
+                      f"backup-pg_basebackup-{rnd}")
+        run.update(op="full backup", tool="pg_basebackup", round=rnd)
+        if run["rc"] == 0:
+            app, alloc, files = tree_bytes(out)
+            run.update(stored_bytes=app, stored_alloc_bytes=alloc, stored_files=files)
+            run["note"] = "stored bytes include the WAL of the backup (-X fetch)"
+        for old in (WORK / "basebackup").iterdir():
+            if old != out:
+                shutil.rmtree(old)
+        return self.record(run)
+
+    def backup_reference(self, rnd: int) -> dict[str, Any]:
+        self.prepare_run(self.both_push())
+        out = WORK / "reference" / "pgdata.tar.zst"
+        if out.exists():
+            out.unlink()
+        # tar exits 1 when a file changed while read (the server is running): not a failure here
+        script = (f"set -o pipefail; tar -C {shlex.quote(str(self.pg.pgdata))} --exclude=./pg_wal/* "
+                  f"-cf - . | zstd -q -{self.args.level} -T{self.args.jobs} -o {shlex.quote(str(out))}; "
+                  "rc=$?; [ $rc -le 1 ] && exit 0 || exit $rc")
+        run = measure([script], f"backup-reference-{rnd}", shell=True)
+        run.update(op="full backup", tool=REFERENCE, round=rnd)
+        if run["rc"] == 0:
+            app, alloc, files = tree_bytes(out.parent)
+            run.update(stored_bytes=app, stored_alloc_bytes=alloc, stored_files=files)
+            run["note"] = "reference only, not a backup (no fsync, no checksums, no backup API)"
+        return self.record(run)
+
+    # restores ---------------------------------------------------------------------------
+
+    def last_backup(self, tool: str) -> str | None:
+        ids = [r.get("backup_id") for r in self.results["runs"]
+               if r["op"] == "full backup" and r["tool"] == tool and r["rc"] == 0 and r.get("backup_id")]
+        return ids[-1] if ids else None
+
+    def restore(self, tool: str, rnd: int) -> dict[str, Any] | None:
+        backup_id = self.last_backup(tool)
+        if backup_id is None:
+            self.anomaly(f"no successful {tool} backup to restore")
+            return None
+        target = WORK / "restore" / tool
+        if target.exists():
+            shutil.rmtree(target)
+        mkdir_pg(target, 0o700)
+        self._settle = sync_and_settle(self.args.drop_caches, self.args.quiet, self.args.quiet_wait)
+        j = str(self.args.jobs)
+        if tool == "pgsafe":
+            cmd = self.pgsafe_cmd("restore", "--target-dir", str(target), "--set", backup_id, "--target",
+                                  "immediate", "--target-action", "promote", "--jobs", j, "--output", "json")
+        else:
+            cmd = self.pgbr_cmd(f"--pg1-path={target}", f"--set={backup_id}", "--type=immediate",
+                                "--target-action=promote", f"--process-max={j}", "restore")
+        run = measure(cmd, f"restore-{tool}-{rnd}")
+        run.update(op="restore", tool=tool, round=rnd, backup_id=backup_id)
+        if run["rc"] == 0:
+            app, alloc, files = tree_bytes(target)
+            run.update(restored_bytes=app, restored_files=files)
+        return self.record(run)
+
+    def source_fingerprint(self, cluster: Cluster) -> str:
+        return cluster.sql(
+            "SELECT (SELECT count(*) FROM pgbench_accounts) || ':' || "
+            "(SELECT sum(abalance) FROM pgbench_accounts) || ':' || "
+            "(SELECT sum(hashtext(a::text)::bigint) FROM pgbench_accounts a) || ':' || "
+            "(SELECT count(*) FROM pgbench_branches) || ':' || (SELECT count(*) FROM pgbench_tellers)",
+            db="bench")
+
+    def verify_restore(self, tool: str, expected: str) -> None:
+        """Untimed: start the restored copy, let it recover and promote, compare the data."""
+        target = WORK / "restore" / tool
+        if not (target / "PG_VERSION").exists():
+            return
+        sock = mkdir_pg(WORK / "verify" / tool, 0o755)
+        copy = Cluster(target, self.args.port + 1, sock, WORK / "verify" / f"{tool}.log")
+        opts = f"-c port={copy.port} -c unix_socket_directories={sock} -c archive_mode=off"
+        verdict: dict[str, Any] = {}
+        try:
+            copy.start(opts)
+            deadline = time.monotonic() + 600
+            while copy.sql("SELECT pg_is_in_recovery()") == "t":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("still in recovery after 600 s")
+                time.sleep(0.5)
+            got = self.source_fingerprint(copy)
+            verdict = {"ok": got == expected, "got": got, "expected": expected}
+            if got != expected:
+                self.anomaly(f"restored {tool} copy differs from the source: {got} != {expected}")
+        except Exception as exc:  # noqa: BLE001 - reported
+            verdict = {"ok": False, "error": str(exc)[-2000:]}
+            self.anomaly(f"restored {tool} copy did not start or recover: {str(exc)[-800:]} "
+                         f"(log {copy.logfile})")
+        finally:
+            try:
+                copy.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        self.results["checks"][f"restore {tool} verified"] = verdict
+        log(f"  restored {tool} copy: {'data matches the source' if verdict.get('ok') else 'PROBLEM'}")
+        self.save()
+
+    # archive-push -----------------------------------------------------------------------
+
+    def capture_segments(self, need: int) -> list[Path]:
+        """Real, full 16 MiB segments of this cluster, never pushed to either repository:
+        the archiver copies them into walpool/ while pgbench runs on a side database."""
+        pool = WORK / "walpool"
+        log(f"capturing {need} real WAL segments (pgbench on a side database)")
+        self.pg.set_archive_command(self.both_push())
+        self.pg.sql("DROP DATABASE IF EXISTS walgen")
+        run_pg([str(PGBIN / "createdb"), *self.pg.conn_args(), "walgen"])
+        run_pg([str(PGBIN / "pgbench"), *self.pg.conn_args(), "-i", "-q", "-s", "10", "walgen"])
+        self.pg.wait_archive_idle()
+        self.pg.set_archive_command(f"test ! -f {pool}/%f && cp %p {pool}/%f")
+        deadline = time.monotonic() + 1800
+        while len([p for p in pool.iterdir() if SEGMENT_RE.match(p.name)]) < need:
+            if time.monotonic() > deadline:
+                raise RuntimeError("could not capture enough WAL segments in 30 min")
+            self.pg.sql("CHECKPOINT")  # full-page images after a checkpoint, as in production
+            run_pg([str(PGBIN / "pgbench"), *self.pg.conn_args(), "-n", "-c", "2", "-j", "2", "-T", "10",
+                    "walgen"])
+        self.pg.set_archive_command(self.both_push())
+        self.pg.sql("DROP DATABASE walgen")
+        self.pg.wait_archive_idle()
+        segs = sorted(p for p in pool.iterdir() if SEGMENT_RE.match(p.name))[:need]
+        for s in segs:
+            if s.stat().st_size != 16 * 1024 * 1024:
+                self.anomaly(f"captured segment {s.name} is {s.stat().st_size} bytes")
+        return segs
+
+    def archive_push(self) -> None:
+        n = self.args.segments
+        segs = self.capture_segments(n + 1)  # the first is a warm-up push for each tool
+        raw = sum(s.stat().st_size for s in segs)
+        z = subprocess.run(["bash", "-c", f"cat {' '.join(shlex.quote(str(s)) for s in segs)} | "
+                                          f"zstd -q -{self.args.level} -c | wc -c"],
+                           capture_output=True, text=True, check=True)
+        self.results["wal_segments"] = {"count": len(segs), "first": segs[0].name, "last": segs[-1].name,
+                                        "zstd_ratio": round(raw / int(z.stdout), 2)}
+        pgsafe_wal = self.pgsafe_repo / "cluster" / CLUSTER / "wal"
+        pgbr_wal = self.pgbr_repo / "archive" / STANZA
+        log(f"archive-push: {n} segments (+1 warm-up) per tool, alternating")
+        for i, seg in enumerate(segs):
+            order = ("pgsafe", "pgbackrest") if i % 2 == 0 else ("pgbackrest", "pgsafe")
+            for tool in order:
+                if tool == "pgsafe":
+                    cmd = self.pgsafe_cmd("archive-push", str(seg))
+                    before = file_sizes(pgsafe_wal)
+                else:
+                    cmd = self.pgbr_cmd("archive-push", str(seg))
+                    before = file_sizes(pgbr_wal)
+                self._settle = sync_and_settle(False, self.args.quiet, self.args.quiet_wait, window=0.5)
+                run = measure(cmd, f"archive-push-{tool}-{i}", sample=False)
+                run.update(op="archive-push", tool=tool, round=i, segment=seg.name, warmup=i == 0)
+                after = file_sizes(pgsafe_wal if tool == "pgsafe" else pgbr_wal)
+                new = set(after) - set(before)
+                run["stored_bytes"] = sum(after[k] for k in new)
+                if run["rc"] == 0 and not new:
+                    self.anomaly(f"{tool} archive-push of {seg.name} succeeded but stored no new file")
+                self.record(run)
+
+    def retry_noisy(self, attempt: Any) -> dict[str, Any] | None:
+        """Run a timed step; when other processes used more than --max-noise cores on average
+        during it, mark it discarded (kept in the raw results) and run it again, up to
+        --retries times. The last attempt counts whatever its noise."""
+        for n in range(self.args.retries + 1):
+            run = attempt()
+            if run is None or run["rc"] != 0 or run["foreign_cores"] <= self.args.max_noise or n == self.args.retries:
+                return run
+            run["discarded"] = f"others used {run['foreign_cores']:.2f} cores during the run"
+            log(f"  discarded ({run['discarded']}); again")
+            self.save()
+        return run
+
+    # the whole thing --------------------------------------------------------------------
+
+    def run(self) -> None:
+        a = self.args
+        global PGSAFE, SERVER_PGDATA
+        SERVER_PGDATA = self.pg.pgdata
+        self.describe_machine()
+        self.build_dataset()
+        PGSAFE = snapshot_pgsafe(a.pgsafe_from)
+        log(f"pgsafe under test: {PGSAFE} (a copy of the {a.pgsafe_from} package)")
+        self.describe_versions()
+        self.disk_write_speed()
+        self._failed_seen = self.pg.archiver_stats()["failed_count"]
+        self.setup_tools()
+        tools = list(TOOLS) + ([] if a.no_reference else [REFERENCE])
+        steps = {"pgsafe": self.backup_pgsafe, "pgbackrest": self.backup_pgbackrest,
+                 "pg_basebackup": self.backup_basebackup, REFERENCE: self.backup_reference}
+        log(f"full backups: {a.rounds} rounds of {' '.join(tools)}")
+        for rnd in range(1, a.rounds + 1):
+            for tool in tools:
+                run = self.retry_noisy(lambda: steps[tool](rnd))
+                if run["rc"] != 0:
+                    self.anomaly(f"{tool} full backup round {rnd} failed (rc {run['rc']}): `{run['command']}`: "
+                                 f"{fail_summary(run)}")
+        expected = self.source_fingerprint(self.pg)
+        self.results["checks"]["source fingerprint"] = expected
+        log(f"restores: {a.rounds} rounds of pgsafe pgbackrest")
+        for rnd in range(1, a.rounds + 1):
+            for tool in ("pgsafe", "pgbackrest"):
+                run = self.retry_noisy(lambda: self.restore(tool, rnd))
+                if run is not None and run["rc"] != 0:
+                    self.anomaly(f"{tool} restore round {rnd} failed (rc {run['rc']}): `{run['command']}`: "
+                                 f"{fail_summary(run)}")
+        if not a.no_verify:
+            for tool in ("pgsafe", "pgbackrest"):
+                self.verify_restore(tool, expected)
+        for tool in ("pgsafe", "pgbackrest"):
+            if (WORK / "restore" / tool).exists():
+                shutil.rmtree(WORK / "restore" / tool)
+        if a.segments > 0:
+            self.archive_push()
+            for r in self.results["runs"]:
+                if r["op"] == "archive-push" and r["rc"] != 0:
+                    self.anomaly(f"{r['tool']} archive-push of {r['segment']} failed (rc {r['rc']}): "
+                                 f"`{r['command']}`: {fail_summary(r)}")
+                    break
+        self.results["archiver_end"] = self.pg.archiver_stats()
+        self.results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.results["summary"] = summarize(self.results)
+        self.save()
+        log(f"raw results: {self.result_path}")
+        table = render(self.results, self.result_path)
+        print(table)
+        if not a.no_docs:
+            write_doc(table)
+            log(f"wrote {DOC}")
+        if not a.keep_server:
+            self.pg.stop()
+
+
+# -- summary and report -------------------------------------------------------------------
+
+
+OPS = ("full backup", "restore", "archive-push")
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for op in OPS:
+        for tool in list(TOOLS) + [REFERENCE]:
+            runs = [r for r in results["runs"] if r["op"] == op and r["tool"] == tool and not r.get("warmup")
+                    and not r.get("discarded")]
+            if not runs:
+                continue
+            ok = [r for r in runs if r["rc"] == 0]
+            entry: dict[str, Any] = {"runs": len(runs), "failed": len(runs) - len(ok)}
+            for key in ("wall_s", "cpu_s", "server_cpu_s", "machine_cpu_s", "foreign_cores", "max_rss_mb",
+                        "tree_pss_peak_mb", "stored_bytes"):
+                entry[key] = median([r.get(key) for r in ok])
+            entry["wall_min_s"] = min((r["wall_s"] for r in ok), default=None)
+            entry["wall_max_s"] = max((r["wall_s"] for r in ok), default=None)
+            out[f"{op}/{tool}"] = entry
+    return out
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if unit == "MB":
+        return f"{v / 1e6:,.1f}"
+    if unit == "ms":
+        return f"{v * 1000:.0f}"
+    if isinstance(v, float):
+        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def _add(a: Any, b: Any) -> Any:
+    return None if a is None or b is None else a + b
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if a is None or b in (None, 0):
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def render(results: dict[str, Any], result_path: Path) -> str:
+    s = results["summary"]
+    m, v = results["machine"], results["versions"]
+    lines = [
+        f"Run of {results['started']} (`{results['command']}`), raw results "
+        f"`bench/results/{result_path.name}`.",
+        "",
+        f"- machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('ram_gib')} GiB RAM, "
+        f"disk {m.get('disk')}, ~{m.get('disk_write_mb_s', '?'):.0f} MB/s sequential write (dd, fdatasync); "
+        f"{m.get('os')}, kernel {m.get('kernel')}",
+        f"- versions: pgsafe {v.get('pgsafe')} (a frozen copy of the {v.get('pgsafe_source')} package, "
+        f"sources sha1 {v.get('pgsafe_src_sha1', {}).get('tested')}, identical to: "
+        f"{', '.join(v.get('pgsafe_tested_matches') or ['none of git HEAD, work tree, installed'])}; "
+        f"git HEAD {v.get('pgsafe_git_head')}), "
+        f"{v.get('pgbackrest')}, {v.get('postgresql')}, Python {v.get('python')}, "
+        f"python-zstandard {v.get('zstandard_py')}",
+        f"- dataset: {results['dataset'].get('name')} scale {results['dataset'].get('scale')}, "
+        f"database {results['dataset'].get('bench_db_bytes', 0) / 1e9:.2f} GB",
+    ]
+    for k, val in results["settings"].items():
+        lines.append(f"- {k}: {val}")
+    lines += [
+        "",
+        "Medians over the rounds. *wall* elapsed; *CPU* user+sys of the tool and all its child processes; "
+        "*server CPU* CPU time of the PostgreSQL cluster during the run (checkpoint, the backend serving the "
+        "tool, the walsender that reads and sends the files for pg_basebackup, the archiver and the "
+        "archive_command it runs); *RSS* the largest single process's peak; "
+        "*tree PSS* the peak of the summed PSS of the tool's processes (sampled every 0.1 s; not sampled for "
+        "archive-push, which is over in a sample or two); "
+        "*stored* bytes the run added to the repository (WAL archive not included; for pg_basebackup "
+        "the tar files, WAL included); *noise* CPU used by other processes on the machine during the run, "
+        "in cores on average (runs above the --max-noise limit were redone; the discarded ones are in the raw "
+        "results).",
+        "",
+        "| operation | tool | runs ok | wall s | CPU s | server CPU s | RSS MB | tree PSS MB | stored MB | noise |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for op in OPS:
+        for tool in list(TOOLS) + [REFERENCE]:
+            e = s.get(f"{op}/{tool}")
+            if e is None:
+                continue
+            wall = _fmt(e["wall_s"]) if op != "archive-push" else f"{_fmt(e['wall_s'], 'ms')} ms"
+            cpu = _fmt(e["cpu_s"]) if op != "archive-push" else f"{_fmt(e['cpu_s'], 'ms')} ms"
+            mcpu = _fmt(e["server_cpu_s"]) if op != "archive-push" else f"{_fmt(e['server_cpu_s'], 'ms')} ms"
+            stored = _fmt(e["stored_bytes"], "MB") if op != "restore" else "-"
+            rss = "-" if e["max_rss_mb"] is None else f"{e['max_rss_mb']:.0f}"
+            pss = "-" if e["tree_pss_peak_mb"] is None or op == "archive-push" else f"{e['tree_pss_peak_mb']:.0f}"
+            lines.append(f"| {op} | {tool} | {e['runs'] - e['failed']}/{e['runs']} | {wall} | {cpu} | {mcpu} | "
+                         f"{rss} | {pss} | {stored} | {_fmt(e['foreign_cores'])} |")
+    lines += ["", "Ratios of medians, pgsafe / pgBackRest (below 1: pgsafe is faster / smaller):", "",
+              "| operation | wall | CPU | CPU incl. server | RSS | tree PSS | stored |", "|---|---|---|---|---|---|---|"]
+    for op in OPS:
+        a, b = s.get(f"{op}/pgsafe"), s.get(f"{op}/pgbackrest")
+        if not a or not b:
+            continue
+        lines.append(f"| {op} | {_ratio(a['wall_s'], b['wall_s'])} | {_ratio(a['cpu_s'], b['cpu_s'])} | "
+                     f"{_ratio(_add(a['cpu_s'], a['server_cpu_s']), _add(b['cpu_s'], b['server_cpu_s']))} | "
+                     f"{_ratio(a['max_rss_mb'], b['max_rss_mb'])} | "
+                     f"{_ratio(a['tree_pss_peak_mb'], b['tree_pss_peak_mb']) if op != 'archive-push' else '-'} | "
+                     f"{_ratio(a['stored_bytes'], b['stored_bytes']) if op != 'restore' else '-'} |")
+    a, b, r = s.get("full backup/pgsafe"), s.get("full backup/pg_basebackup"), s.get(f"full backup/{REFERENCE}")
+    if a and b:
+        lines.append(f"\nFull backup, pgsafe / pg_basebackup: wall {_ratio(a['wall_s'], b['wall_s'])}, "
+                     f"stored {_ratio(a['stored_bytes'], b['stored_bytes'])}.")
+    if a and r:
+        lines.append(f"Full backup, pgsafe / `{REFERENCE}` reference: wall {_ratio(a['wall_s'], r['wall_s'])}, "
+                     f"stored {_ratio(a['stored_bytes'], r['stored_bytes'])}.")
+    ws = results.get("wal_segments")
+    if ws:
+        lines.append(f"archive-push: {ws['count'] - 1} real 16 MiB segments ({ws['first']} .. {ws['last']}, "
+                     f"zstd -3 ratio {ws['zstd_ratio']}:1) pushed by each tool, alternating, after one warm-up "
+                     "push each; each push is a new name in that tool's repository.")
+    lines.append("")
+    lines.append("Per-run wall times (s):")
+    lines.append("")
+    for op in ("full backup", "restore"):
+        for tool in list(TOOLS) + [REFERENCE]:
+            walls = [(f"{r['wall_s']:.2f}" if r["rc"] == 0 else "FAILED")
+                     + (f" (discarded, noise {r['foreign_cores']:.2f})" if r.get("discarded") else "")
+                     for r in results["runs"] if r["op"] == op and r["tool"] == tool]
+            if walls:
+                lines.append(f"- {op}, {tool}: {', '.join(walls)}")
+    for tool in ("pgsafe", "pgbackrest"):
+        walls = [f"{r['wall_s'] * 1000:.0f}" if r["rc"] == 0 else "FAILED" for r in results["runs"]
+                 if r["op"] == "archive-push" and r["tool"] == tool and not r.get("warmup")]
+        if walls:
+            lines.append(f"- archive-push, {tool} (ms): {', '.join(walls)}")
+    checks = results.get("checks", {})
+    for tool in ("pgsafe", "pgbackrest"):
+        c = checks.get(f"restore {tool} verified")
+        if c is not None:
+            lines.append(f"- restored {tool} copy started, recovered and promoted; data "
+                         f"{'matches the source' if c.get('ok') else 'DID NOT CHECK OUT: ' + str(c)}")
+    if results["anomalies"]:
+        lines += ["", "Anomalies recorded by this run:", ""]
+        lines += [f"- {x}" for x in results["anomalies"]]
+    return "\n".join(lines)
+
+
+def write_doc(table: str) -> None:
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    block = f"{BEGIN}\n{table}\n{END}"
+    if DOC.exists() and BEGIN in DOC.read_text():
+        text = DOC.read_text()
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1] if END in rest else ""
+        DOC.write_text(head + block + tail)
+    else:
+        DOC.write_text("# Performance\n\nProduced by `bench/run`; the part between the markers is rewritten "
+                       "by each run.\n\n" + block + "\n")
+
+
+def _os_release() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def _pgsafe_source_hashes() -> dict[str, str]:
+    """sha1 over the .py files of the pgsafe under test, of the installed one, of src/ in the
+    work tree and of src/ at git HEAD: which code was measured."""
+    def digest(files: dict[str, bytes]) -> str:
+        h = hashlib.sha1()
+        for name in sorted(files):
+            h.update(name.encode())
+            h.update(files[name])
+        return h.hexdigest()[:12]
+
+    def tree(root: Path) -> str:
+        if not root.is_dir():
+            return "unavailable"
+        return digest({str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.py")})
+
+    def package_of(python: Path) -> Path:
+        r = subprocess.run([str(python), "-c", "import pgsafe, os; print(os.path.dirname(pgsafe.__file__))"],
+                           capture_output=True, text=True)
+        return Path(r.stdout.strip()) if r.returncode == 0 else Path("/nonexistent")
+
+    out = {"tested": tree(package_of(PGSAFE.parent / "python")),
+           "installed": tree(package_of(INSTALLED_PGSAFE.parent / "python")),
+           "work tree": tree(PROJECT / "src" / "pgsafe")}
+    try:
+        names = subprocess.run(["git", "-C", str(PROJECT), "ls-tree", "-r", "--name-only", "HEAD", "src/pgsafe"],
+                               capture_output=True, text=True, check=True).stdout.split()
+        files = {}
+        for n in names:
+            if n.endswith(".py"):
+                files[n[len("src/pgsafe/"):]] = subprocess.run(
+                    ["git", "-C", str(PROJECT), "show", f"HEAD:{n}"], capture_output=True, check=True).stdout
+        out["git HEAD"] = digest(files)
+    except (subprocess.CalledProcessError, OSError):
+        out["git HEAD"] = "unavailable"
+    return out
+
+
+def snapshot_pgsafe(source: str) -> Path:
+    """Freeze the pgsafe under test for the whole run: a venv under the work directory holding a
+    copy of the package (from the installed venv, or from src/ of this work tree), its
+    dependencies taken from the installed venv. Others may reinstall /opt/pgsafe mid-run."""
+    installed_python = INSTALLED_PGSAFE.parent / "python"
+    r = subprocess.run([str(installed_python), "-c", "import os, site, pgsafe; "
+                        "print(os.path.dirname(pgsafe.__file__)); print(site.getsitepackages()[0]); "
+                        "import sys; print(os.path.realpath(sys.executable))"],
+                       capture_output=True, text=True, check=True)
+    pkg_dir, site_dir, base_python = r.stdout.split()
+    venv = WORK / "pgsafe-venv"
+    if venv.exists():
+        shutil.rmtree(venv)
+    subprocess.run([base_python, "-m", "venv", "--without-pip", str(venv)], check=True)
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
+                       capture_output=True, text=True, check=True)
+    own_site = Path(r.stdout.strip())
+    src = Path(pkg_dir) if source == "installed" else PROJECT / "src" / "pgsafe"
+    shutil.copytree(src, own_site / "pgsafe", ignore=shutil.ignore_patterns("__pycache__"))
+    (own_site / "zz_pgsafe_deps.pth").write_text(site_dir + "\n")  # after our copy on sys.path
+    script = venv / "bin" / "pgsafe"
+    script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom pgsafe.cli.main import main\n"
+                      "if __name__ == '__main__':\n    sys.exit(main())\n")
+    os.chmod(script, 0o755)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(own_site / "pgsafe")], check=True)
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", "import pgsafe; print(pgsafe.__file__)"],
+                       capture_output=True, text=True, check=True)
+    if not r.stdout.strip().startswith(str(own_site)):
+        raise RuntimeError(f"the snapshot venv imports pgsafe from {r.stdout.strip()}, not from {own_site}")
+    return script
+
+
+WORK = Path("/var/tmp/pgsafe-bench")
+
+
+def main() -> int:
+    global WORK
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=("pgbench",), default="pgbench")
+    p.add_argument("--scale", type=int, default=100, help="pgbench scale (default 100, about 1.5 GB)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of each operation (default 3)")
+    p.add_argument("--segments", type=int, default=20,
+                   help="WAL segments pushed by each tool for archive-push (default 20; 0 skips)")
+    p.add_argument("--jobs", type=int, default=2, help="pgsafe --jobs and pgBackRest process-max (default 2)")
+    p.add_argument("--level", type=int, default=3, help="zstd level for every tool (default 3)")
+    p.add_argument("--port", type=int, default=54345, help="port of the bench cluster (unix socket only)")
+    p.add_argument("--workdir", default=str(WORK), help=f"work directory (default {WORK}; wiped)")
+    p.add_argument("--reuse-dataset", action="store_true", help="keep the cluster of a previous run if it "
+                   "holds the same dataset (repositories are always recreated)")
+    p.add_argument("--drop-caches", action="store_true", help="drop the page cache before each run")
+    p.add_argument("--quiet", type=float, default=0.15,
+                   help="before each timed run, wait until fewer than this many cores are busy (default 0.15)")
+    p.add_argument("--quiet-wait", type=float, default=300, help="give up waiting for quiet after this many s")
+    p.add_argument("--max-noise", type=float, default=0.25,
+                   help="redo a run during which other processes used more cores than this on average")
+    p.add_argument("--retries", type=int, default=2, help="redos of a noisy run (default 2)")
+    p.add_argument("--no-reference", action="store_true", help=f"skip the `{REFERENCE}` reference runs")
+    p.add_argument("--no-verify", action="store_true", help="skip starting the restored copies")
+    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/PERFORMANCE.md")
+    p.add_argument("--keep-server", action="store_true", help="leave the bench cluster running")
+    p.add_argument("--pgsafe-from", choices=("installed", "worktree"), default="installed",
+                   help="measure a frozen copy of the installed pgsafe package (default) or of src/ in this "
+                   "work tree; its dependencies come from the installed venv either way")
+    p.add_argument("--render", metavar="RESULTS_JSON",
+                   help="only rewrite docs/PERFORMANCE.md (and print the table) from a saved results file")
+    args = p.parse_args()
+    if args.render:
+        path = Path(args.render)
+        results = json.loads(path.read_text())
+        results["summary"] = summarize(results)
+        table = render(results, path)
+        print(table)
+        if not args.no_docs:
+            write_doc(table)
+        return 0
+    if os.geteuid() != 0:
+        print("run as root (bench/run): PostgreSQL is started as the postgres user", file=sys.stderr)
+        return 2
+    WORK = Path(args.workdir).resolve()
+    Bench(args).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
