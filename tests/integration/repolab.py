@@ -1,12 +1,12 @@
 """Setups with several repositories, object storage and encryption, for issue 4's tests.
 
-    s3_server (fixture, module scope)   a real S3-API server (SeaweedFS) on loopback
-    s3 (fixture)                         the same, guaranteed running before and after a test
     Setup                                a PgsafeEnv whose pgsafe runs and servers carry the
                                          environment a DBA would give them (S3 credentials)
     make_setup(lab, repos, ...)          a cluster archiving through pgsafe into those repos
     posix_repo / s3_repo                 one ``[repo.NAME]`` section
     find_plaintext / s3_objects          every byte a repository holds, read back
+
+The S3 server fixtures are in s3_fixtures.py (``pytest_plugins = ["s3_fixtures"]``).
 
 S3 credentials. The PostgreSQL server runs archive_command and restore_command as the
 postgres OS user with the server's environment. pgsafe follows the standard AWS chain,
@@ -24,9 +24,7 @@ import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
-import pytest
+from typing import Any, Sequence
 
 from helpers import (
     COMMAND_TIMEOUT,
@@ -45,30 +43,7 @@ from storage.s3server import S3Server
 PASSPHRASE = "correct horse battery staple, 2026"
 
 
-# -- the S3 server ---------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
-    server = S3Server.start_new()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def s3(s3_server: S3Server) -> Iterator[S3Server]:
-    """The module's S3 server, running; a test may stop it: it is running again after."""
-    _ensure_running(s3_server)
-    yield s3_server
-    _ensure_running(s3_server)
-
-
-def _ensure_running(server: S3Server) -> None:
-    if server.proc is not None and server.proc.poll() is None:
-        server.resume()
-    server.start()
-
+# -- reading the S3 server directly ------------------------------------------------------
 
 def s3_store(server: S3Server, prefix: str = "") -> Any:
     """An obstore client for the test itself (reading back, tampering)."""
@@ -213,15 +188,16 @@ class Setup(PgsafeEnv):
                 return spec
         raise KeyError(name)
 
-    def info_of(self, repo: str) -> dict[str, Any]:
+    def info_of(self, repo: str, config: Path | None = None) -> dict[str, Any]:
         import json
 
-        clusters = json.loads(self.run("info", "--repo", repo, "--output", "json").stdout)["clusters"]
+        out = self.run("info", "--repo", repo, "--output", "json", config=config).stdout
+        clusters = json.loads(out)["clusters"]
         assert len(clusters) == 1, clusters
         return dict(clusters[0])
 
-    def backup_ids(self, repo: str) -> list[str]:
-        return [b["id"] for b in self.info_of(repo)["backups"]]
+    def backup_ids(self, repo: str, config: Path | None = None) -> list[str]:
+        return [b["id"] for b in self.info_of(repo, config)["backups"]]
 
     def config_text(self, repos: list[RepoSpec] | None = None, **cluster_keys: Any) -> str:
         pg = self.cluster
@@ -272,10 +248,6 @@ def make_setup(lab: Lab, repos: Sequence[RepoSpec] | None = None, *, s3: S3Serve
     if init:
         env.run("init")
     return env
-
-
-def passphrase_file(env: Setup, name: str, passphrase: str = PASSPHRASE) -> Path:
-    return server_owned_file(env.workdir / name, passphrase + "\n")
 
 
 # -- looking at every stored byte --------------------------------------------------------

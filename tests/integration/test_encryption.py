@@ -9,28 +9,27 @@ are written into it directly; and ``plain``, a control that must contain the mar
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import Lab, PgCluster, assert_clean_error, flip_byte, server_uid_gid, table_digest, tree_snapshot
-from repolab import (  # noqa: F401
+from helpers import Lab, PgCluster, assert_clean_error, flip_byte, table_digest, tree_snapshot
+from repolab import (
     PASSPHRASE,
     Setup,
     find_plaintext,
     make_setup,
     posix_objects,
     posix_repo,
-    s3,
     s3_objects,
     s3_repo,
-    s3_server,
     server_owned_file,
 )
 from storage.s3server import S3Server
+
+pytest_plugins = ["s3_fixtures"]  # s3_server, s3
 
 MARK = uuid.uuid4().hex[:16]
 MARKER = f"PLAINTEXT-MARKER-{MARK}".encode()
@@ -51,11 +50,6 @@ def env(module_lab: Lab) -> Setup:
                         passphrase_file=str(work / "passphrase"))
     plain = posix_repo("plain", work / "plain", compression="none")
     server_owned_file(work / "passphrase", PASSPHRASE + "\n")
-    # the DBA made the repository directories for the postgres user (`install -d -o
-    # postgres`); see test_encrypted_repository_made_by_root_init for why it matters
-    for spec in (secret, plain):
-        spec.path.mkdir()
-        os.chown(spec.path, *server_uid_gid())
     env = make_setup(module_lab, [secret, plain])
     fill_marker_table(env.cluster)
     return env
@@ -109,15 +103,29 @@ def test_tampering_is_detected(env: Setup) -> None:
     # a damaged archived WAL file: archive-get fails (and not with "not found"), leaving
     # no file behind
     segment = sorted((secret_path(env) / "cluster" / "main" / "wal").glob("*/0*"))[-1]
+    only_secret = env.write_variant("only-secret.toml", [env.spec("secret")])
+    dest = env.workdir / "fetched"
     offset = flip_byte(segment)
     try:
-        only_secret = env.write_variant("only-secret.toml", [env.spec("secret")])
-        dest = env.workdir / "fetched"
         proc = env.run("archive-get", segment.name, dest, config=only_secret, check=False)
         assert proc.returncode == 126, proc
         assert not dest.exists()
     finally:
         flip_byte(segment, offset)
+
+    # an object replaced by an unencrypted one (which anyone can make without the key,
+    # here the plain repository's copy of the same segment) is refused too
+    original = segment.read_bytes()
+    plain_copy = env.spec("plain").path / segment.relative_to(secret_path(env))
+    segment.write_bytes(plain_copy.read_bytes())
+    try:
+        proc = env.run("archive-get", segment.name, dest, config=only_secret, check=False)
+        assert proc.returncode == 126, proc
+        assert not dest.exists()
+        proc = env.run("verify", "--repo", "secret", check=False)
+        assert proc.returncode == 9 and segment.name in proc.stdout, proc
+    finally:
+        segment.write_bytes(original)
 
 
 def repository_state(env: Setup) -> dict[str, dict[str, tuple[int, int]]]:
@@ -170,7 +178,7 @@ def test_rekey_then_restore(env: Setup) -> None:
 
     env.run("repo", "rekey", "--repo", "secret", "--new-passphrase-file", new_file)
     # the DBA updates the passphrase the server's archive_command reads
-    (env.workdir / "passphrase").write_text(NEW_PASSPHRASE + "\n")
+    Path(env.spec("secret").keys["passphrase_file"]).write_text(NEW_PASSPHRASE + "\n")
     after = {k: v for k, v in tree_snapshot(secret).items() if k != "keys.json" and "/lock/" not in k}
     assert after == before, "rekey rewrote data"
 
@@ -206,8 +214,6 @@ def test_no_plaintext_on_s3(lab: Lab, s3: S3Server) -> None:
     assert table_digest(restored, TABLE, "id") == table_digest(pg, TABLE, "id")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `pgsafe init` run as root leaves keys.json owned by root "
-                   "(0640), so archive-push, run by the postgres user, cannot read it")
 def test_encrypted_repository_made_by_root_init(lab: Lab) -> None:
     """The ordinary way: root runs `pgsafe init` for a repository directory that does
     not exist yet; the server's archive_command (the postgres user) must be able to use it."""

@@ -4,7 +4,8 @@ requirement 2).
 One cluster archives into one repository on a real S3-API server (SeaweedFS on
 loopback) for the whole module; the tests run in order and build on each other's
 backups: the whole cycle first, then the server killed during a backup, then during an
-archive-push.
+archive-push (and archive-get meanwhile). Last, the local lock file an object-storage
+repository uses.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from helpers import Lab, PgCluster, assert_clean_error, table_digest, wait_for
-from repolab import Setup, make_setup, s3, s3_keys, s3_repo, s3_server, wait_archiver_failures  # noqa: F401
+from repolab import Setup, make_setup, s3_keys, s3_repo, wait_archiver_failures
 from storage.s3server import S3Server
+
+pytest_plugins = ["s3_fixtures"]  # s3_server, s3
 
 UTC_NOW = "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00'"
 
@@ -135,7 +139,7 @@ def archive_push_running(env: Setup) -> bool:
 def test_s3_killed_during_archive_push(env: Setup, s3: S3Server) -> None:
     pg = env.cluster
     pg.switch_and_wait_archived()
-    archived_before, failed_before, _, _ = env.archiver()
+    archived_before, failed_before, archived_name, _ = env.archiver()
 
     # freeze the server so that the next archive-push is caught half-way, then kill it
     s3.pause()
@@ -145,6 +149,12 @@ def test_s3_killed_during_archive_push(env: Setup, s3: S3Server) -> None:
     time.sleep(0.5)
     s3.stop()
     wait_archiver_failures(env, failed_before)
+    # meanwhile archive-get cannot tell whether a segment exists: it must not answer
+    # "not found" (1), which would end a recovery there, but fail hard
+    dest = env.workdir / "fetched-while-down"
+    proc = env.run("archive-get", str(archived_name), dest, check=False)
+    assert proc.returncode == 126, proc
+    assert not dest.exists()
     # PostgreSQL keeps the segment and retries; more WAL piles up behind it
     add_rows(pg, 201, 202)
     pg.sql("update pgbench_accounts set abalance = abalance + 1 where aid % 97 = 0")
@@ -163,3 +173,23 @@ def test_s3_killed_during_archive_push(env: Setup, s3: S3Server) -> None:
     assert ledger_ids(restored) == ledger_ids(pg)
     for table, key in (("pgbench_accounts", "aid"), ("pgbench_branches", "bid"), ("filler", "i")):
         assert table_digest(restored, table, key) == table_digest(pg, table, key), table
+
+
+@pytest.mark.xfail(strict=True, reason="bug: locks of an object-storage repository are files in the "
+                   "fixed directory /tmp/pgsafe, opened with O_CREAT (following symlinks) and truncated: "
+                   "whoever creates /tmp/pgsafe first can make root truncate and overwrite any file")
+def test_lock_of_an_s3_repository_follows_no_symlink(env: Setup, s3: S3Server) -> None:
+    name = f"lk{uuid.uuid4().hex[:10]}"  # a lock path of its own: other runs are not disturbed
+    victim = env.workdir / "precious.conf"
+    victim.write_text("precious\n")
+    lock_dir = Path("/tmp/pgsafe")
+    lock_dir.mkdir(mode=0o755, exist_ok=True)
+    link = lock_dir / f"{name}-main-backup.lock"
+    link.symlink_to(victim)  # planted by another local user, in an attack
+    try:
+        config = env.write_variant("lock-name.toml", [s3_repo(name, s3, env.spec("offsite").prefix,
+                                                              retention_full=100)])
+        env.run("expire", config=config, check=False)
+        assert victim.read_text() == "precious\n", f"pgsafe wrote through the symlink: {victim.read_text()!r}"
+    finally:
+        link.unlink(missing_ok=True)
