@@ -6,6 +6,7 @@ faults of the spool: another cluster's segment served, stale failures after an o
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -59,8 +60,14 @@ def env(lab: Lab) -> Setup:
     spool = lab.tmp.make("pgsafe-spool-")
     env = make_setup(lab, cluster_keys={"archive_async": True, "spool_path": str(spool)},
                      settings={"max_wal_size": "256MB"})
-    env.spool = spool / "main"  # type: ignore[attr-defined]
+    env.spool = spool / spool_name(env)  # type: ignore[attr-defined]
     return env
+
+
+def spool_name(env: Setup) -> str:
+    """The spool of one config and data directory (as pgsafe names it)."""
+    tag = hashlib.sha256(f"{os.path.abspath(env.config)}\0{env.cluster.pgdata}".encode()).hexdigest()[:12]
+    return f"main-{tag}"
 
 
 def test_async_archiving_survives_kill9_and_recovery_is_exact(env: Setup) -> None:
@@ -141,9 +148,6 @@ def test_async_archiving_survives_kill9_and_recovery_is_exact(env: Setup) -> Non
     shutil.rmtree(fetched)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the prefetch spool is keyed by the cluster's name only "
-                   "(default /tmp/pgsafe-spool-<uid>/<cluster>), and archive-get serves whatever file of "
-                   "that name is spooled, without checking it came from this configuration's repository")
 def test_prefetch_spool_never_serves_another_clusters_segment(lab: Lab) -> None:
     """Two different clusters, each called "main" in its own config (a restore host
     drilling several servers, say), with one spool directory, as the default gives them.
@@ -163,7 +167,7 @@ def test_prefetch_spool_never_serves_another_clusters_segment(lab: Lab) -> None:
     os.chown(out, *(lambda st: (st.st_uid, st.st_gid))(a.cluster.pgdata.stat()))
 
     a.run("archive-get", first, out / "a", user="postgres")  # A's prefetcher spools A's next ones
-    wait_for("A's prefetcher", lambda: (spool / "main" / "in" / following).exists(), timeout=60)
+    wait_for("A's prefetcher", lambda: (spool / spool_name(a) / "in" / following).exists(), timeout=60)
     b.run("archive-get", following, out / "b", user="postgres")
     b_sync = b.write_variant("sync.toml", archive_async=False)
     b.run("archive-get", following, out / "b-sync", config=b_sync)
@@ -176,9 +180,6 @@ def set_writable(root: Path, writable: bool) -> None:
         os.chmod(dirpath, 0o750 if writable else 0o550)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: after an outage, the push worker never retries segments it "
-                   "left an 'error' marker for; archive-push reports each stale error to PostgreSQL once "
-                   "(a failed attempt and a retry delay per segment) instead of pushing the backlog ahead")
 def test_async_catch_up_after_an_outage_reports_no_stale_failures(env: Setup) -> None:
     pg = env.cluster
     spool: Path = env.spool  # type: ignore[attr-defined]

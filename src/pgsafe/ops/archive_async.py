@@ -17,6 +17,7 @@ written atomically; at most `PREFETCH` of them are kept.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import subprocess
 import sys
@@ -29,16 +30,20 @@ from typing import Iterator
 import xxhash
 
 from pgsafe.config import ClusterConfig, Config
-from pgsafe.errors import NotFound, PgsafeError, StorageFailure
+from pgsafe.errors import NotFound, PgsafeError
 from pgsafe.pg import wal
 
 PREFETCH = 8
 IDLE_EXIT = 3.0
+RETRY_AFTER = 1.0  # seconds before the worker retries a segment whose push failed
 
 
-def spool_dir(cluster: ClusterConfig) -> str:
+def spool_dir(config: Config, cluster: ClusterConfig) -> str:
+    """One spool per configuration and data directory: two clusters that share a name
+    (in different configs) never see each other's segments."""
     base = cluster.spool_path or os.path.join(tempfile.gettempdir(), f"pgsafe-spool-{os.geteuid()}")
-    path = os.path.join(base, cluster.name)
+    tag = hashlib.sha256(f"{config.path}\0{cluster.pgdata}".encode()).hexdigest()[:12]
+    path = os.path.join(base, f"{cluster.name}-{tag}")
     for sub in ("out", "in"):
         os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
     return path
@@ -50,7 +55,7 @@ def spool_dir(cluster: ClusterConfig) -> str:
 def push(config: Config, cluster: ClusterConfig, path: str, push_now: "PushFn") -> bool:
     """True when the worker had already pushed this segment; otherwise wait for it (or
     push here) and return False. Raises when the push failed."""
-    spool = spool_dir(cluster)
+    spool = spool_dir(config, cluster)
     name = os.path.basename(path)
     with open(path, "rb") as f:
         digest = xxhash.xxh3_128_hexdigest(f.read())
@@ -61,11 +66,9 @@ def push(config: Config, cluster: ClusterConfig, path: str, push_now: "PushFn") 
         state = _read_marker(marker)
         if state is not None:
             os.unlink(marker)
-            if state.startswith("ok "):
-                if state[3:] == digest:
-                    return True
-                break  # the file changed since the worker pushed it: push what is there now
-            raise StorageFailure(f"background push of {name} failed: {state.removeprefix('error ')}")
+            if state.startswith("ok ") and state[3:] == digest:
+                return True
+            break  # the worker failed (maybe before an outage ended), or the file changed: push it now
         if not _locked(os.path.join(spool, "push.lock")) or time.monotonic() > deadline:
             break  # no worker to wait for: push it ourselves
         time.sleep(0.02)
@@ -75,7 +78,7 @@ def push(config: Config, cluster: ClusterConfig, path: str, push_now: "PushFn") 
 
 def push_worker(config: Config, cluster: ClusterConfig, push_now: "PushFn") -> None:
     """Push every ready segment ahead of PostgreSQL, in parallel, until idle."""
-    spool = spool_dir(cluster)
+    spool = spool_dir(config, cluster)
     status = os.path.join(cluster.pgdata, "pg_wal", "archive_status")
     jobs = max(2, config.jobs or os.cpu_count() or 2)
     with _lock(os.path.join(spool, "push.lock")) as held:
@@ -89,7 +92,7 @@ def push_worker(config: Config, cluster: ClusterConfig, push_now: "PushFn") -> N
                 for n in names:  # markers nobody will collect: PostgreSQL is done with them
                     if n.endswith(".done"):
                         _unlink(os.path.join(spool, "out", n[:-5]))
-                todo = [n for n in ready if not os.path.exists(os.path.join(spool, "out", n))][: jobs * 4]
+                todo = [n for n in ready if _due(os.path.join(spool, "out", n))][: jobs * 4]
                 if not todo:
                     time.sleep(0.05)
                     continue
@@ -118,15 +121,15 @@ def _push_one(spool: str, cluster: ClusterConfig, name: str, push_now: "PushFn")
 def get(config: Config, cluster: ClusterConfig, name: str, dest: str, fetch_now: "FetchFn") -> bool:
     """Serve name from the prefetch spool (True) or fetch it now (False); either way,
     start prefetching the segments after it."""
-    spool = spool_dir(cluster)
+    spool = spool_dir(config, cluster)
     spooled = os.path.join(spool, "in", name)
-    served = False
-    if os.path.exists(spooled):
+    try:
         _copy_atomically(spooled, dest)
-        os.unlink(spooled)
+        _unlink(spooled)
         served = True
-    else:
+    except FileNotFoundError:  # not prefetched (or taken meanwhile): fetch it now
         fetch_now(name, dest)
+        served = False
     if wal.is_segment(name):
         _start_worker(config, cluster, "archive-get-worker", name)
     return served
@@ -134,7 +137,7 @@ def get(config: Config, cluster: ClusterConfig, name: str, dest: str, fetch_now:
 
 def get_worker(config: Config, cluster: ClusterConfig, after: str, seg_size: int, fetch_now: "FetchFn") -> None:
     """Fetch up to PREFETCH segments following `after` into the spool, in parallel."""
-    spool = spool_dir(cluster)
+    spool = spool_dir(config, cluster)
     with _lock(os.path.join(spool, "get.lock")) as held:
         if not held:
             return
@@ -173,8 +176,21 @@ class FetchFn:  # a callable fetching one WAL file synchronously (type marker on
     def __call__(self, name: str, dest: str) -> None: ...
 
 
+def _due(marker: str) -> bool:
+    """A segment to push: no marker yet, or a failure old enough to try again."""
+    state = _read_marker(marker)
+    if state is None:
+        return True
+    if state.startswith("error"):
+        try:
+            return time.time() - os.stat(marker).st_mtime > RETRY_AFTER
+        except FileNotFoundError:
+            return True
+    return False
+
+
 def _start_worker(config: Config, cluster: ClusterConfig, command: str, *args: str) -> None:
-    spool = spool_dir(cluster)
+    spool = spool_dir(config, cluster)
     lock = "push.lock" if command == "archive-push-worker" else "get.lock"
     if _locked(os.path.join(spool, lock)):
         return

@@ -85,7 +85,10 @@ def run_backup(
                 stop = backup_api.stop_backup(conn, info.version_num)
             except BaseException:
                 _abort_quietly(conn)
-                repo.remove_prefix(repo.backup_prefix(cluster.name, backup_id))
+                try:  # best effort: what is left is garbage the next run collects
+                    repo.remove_prefix(repo.backup_prefix(cluster.name, backup_id))
+                except Exception:
+                    pass
                 raise
         finally:
             conn.close()

@@ -18,6 +18,7 @@ Layout (keys relative to the repository root)::
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -315,14 +316,16 @@ class Repository:
         by the kernel if the process dies."""
         if self.storage.capabilities.local_files:
             path = self.storage.local_path(f"{self.cluster_prefix(cluster)}/lock/{purpose}.lock")
-        else:
-            path = os.path.join("/tmp/pgsafe", f"{self.name}-{cluster}-{purpose}.lock")
-        makedirs = getattr(self.storage, "makedirs", None)
-        if makedirs is not None:
-            makedirs(os.path.dirname(path))
-        else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            makedirs = getattr(self.storage, "makedirs", None)
+            if makedirs is not None:
+                makedirs(os.path.dirname(path))
+        else:  # object storage: a lock on this machine, named after what it protects
+            tag = hashlib.sha256(f"{self.storage.location}\0{cluster}\0{purpose}".encode()).hexdigest()[:24]
+            path = os.path.join(_local_lock_dir(), f"{tag}.lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise RepositoryError(f"cannot open lock file {path}: {exc.strerror}") from None
         own = getattr(self.storage, "own", None)
         if own is not None:
             own(path)
@@ -336,11 +339,29 @@ class Repository:
                     + (f" (pid {holder})" if holder else "")
                     + "; wait for it to finish"
                 ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            os.pwrite(fd, f"{os.getpid():<16}".encode(), 0)
             yield
         finally:
             os.close(fd)
+
+
+def _local_lock_dir() -> str:
+    """A directory every local user can lock in but nobody can hijack: sticky like
+    /tmp, a real directory (not a link), owned by root or by us. Lock files are opened
+    without following links."""
+    import stat
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), "pgsafe-locks")
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o1777)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (0, os.geteuid()) or not st.st_mode & stat.S_ISVTX:
+        raise RepositoryError(f"{path} is not a sticky directory owned by root or by this user; remove it")
+    return path
 
 
 def open_repository(repo_config: Any) -> Repository:
