@@ -17,7 +17,11 @@ What it does, in order:
 4. restores of each tool's last full backup into an empty directory, alternating, without
    starting a server; then, untimed, each restored copy is started once and its data is
    compared with the source;
-5. ``archive-push`` of real 16 MiB segments of this cluster, captured from the archiver,
+5. incremental phase (``--incr-seconds N``; 0 skips it): per round, ``pgbench -c4 -T N`` on the
+   dataset, then an incremental backup by each tool; then restores of each tool's last
+   incremental (full + incr chain) into an empty directory, and delta restores of the same
+   backup over the directory that left, alternating; then each copy is started and checked;
+6. ``archive-push`` of real 16 MiB segments of this cluster, captured from the archiver,
    each pushed once by each tool under a name new to its repository, alternating.
 
 For each run: wall time, CPU time of the tool (user+sys of the process and all its
@@ -69,6 +73,52 @@ SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+# The `realistic` dataset: about 100 MB per batch, of which ~55 % an `events` heap (integers,
+# numerics, floats, timestamps, a status, short random text, a jsonb document), ~25 % its four
+# indexes, ~20 % `documents` whose 6 KB text bodies live out of line in TOAST, uncompressed by
+# PostgreSQL (STORAGE EXTERNAL), so that the tools' compression sees them. The random text is hex
+# (md5): about 2:1 for zstd, the whole cluster about 2-3:1.
+REALISTIC_SCHEMA = """
+CREATE TABLE events (id bigserial PRIMARY KEY, account_id int NOT NULL, created_at timestamptz NOT NULL,
+  amount numeric(12,2), ratio float8, status text, note text, attrs jsonb);
+CREATE TABLE documents (id bigserial PRIMARY KEY, owner int, title text, body text, updated_at timestamptz);
+ALTER TABLE documents ALTER COLUMN body SET STORAGE EXTERNAL;
+"""
+REALISTIC_BATCH = """
+INSERT INTO events (account_id, created_at, amount, ratio, status, note, attrs)
+SELECT (random() * 100000)::int, now() - random() * interval '730 days',
+  round((random() * 10000)::numeric, 2), random(),
+  (ARRAY['new','paid','shipped','cancelled','returned','on hold'])[1 + (random() * 5)::int],
+  substr(md5(random()::text) || ' ' || md5(random()::text), 1, 16 + (random() * 50)::int),
+  jsonb_build_object('ip', (random() * 255)::int || '.' || (random() * 255)::int || '.' || (random() * 255)::int
+                           || '.' || (random() * 255)::int,
+                     'sku', substr(md5(random()::text), 1, 10), 'qty', (random() * 20)::int,
+                     'price', round((random() * 500)::numeric, 2), 'gift', random() < 0.1)
+FROM generate_series(1, 250000);
+INSERT INTO documents (owner, title, body, updated_at)
+SELECT (random() * 100000)::int, substr(md5(random()::text), 1, 20),
+  (SELECT string_agg(md5(random()::text || x::text), ' ') FROM generate_series(1, 180 + (g % 40)) x),
+  now() - random() * interval '365 days'
+FROM generate_series(1, 3500) g;
+"""
+MANY_FILES_BATCH = """
+DO $$ BEGIN
+  FOR i IN FIRST + 1 .. FIRST + 500 LOOP
+    EXECUTE format('CREATE TABLE mf_%s (id int PRIMARY KEY, k int, v text, at timestamptz)', i);
+    EXECUTE format('INSERT INTO mf_%s SELECT g, (random() * 1000)::int, md5(random()::text), now() '
+                   '- random() * interval ''30 days'' FROM generate_series(1, 20) g', i);
+    EXECUTE format('CREATE INDEX mf_%s_k ON mf_%s (k)', i, i);
+  END LOOP;
+END $$;
+"""
+REALISTIC_INDEXES = """
+CREATE INDEX events_account ON events (account_id);
+CREATE INDEX events_created ON events (created_at);
+CREATE INDEX events_status_created ON events (status, created_at);
+CREATE INDEX documents_owner ON documents (owner, updated_at);
+CHECKPOINT;
+"""
 
 
 def log(msg: str) -> None:
@@ -452,6 +502,7 @@ class Bench:
             "dataset": {"name": args.dataset, "scale": args.scale},
             "settings": {}, "machine": {}, "versions": {},
             "runs": [], "checks": {}, "anomalies": [],
+            "incr_seconds": args.incr_seconds,
         }
 
     # archive commands, one per tool -----------------------------------------------------
@@ -589,11 +640,24 @@ class Bench:
                 "logging_collector = off\n"
             )
         self.pg.start()
-        log(f"pgbench -i -s {a.scale}")
         t0 = time.perf_counter()
         run_pg([str(PGBIN / "createdb"), *self.pg.conn_args(), "bench"])
-        run_pg([str(PGBIN / "pgbench"), *self.pg.conn_args(), "-i", "-q", "-s", str(a.scale), "bench"],
-               timeout=7200)
+        if a.dataset == "pgbench":
+            log(f"pgbench -i -s {a.scale}")
+            run_pg([str(PGBIN / "pgbench"), *self.pg.conn_args(), "-i", "-q", "-s", str(a.scale), "bench"],
+                   timeout=7200)
+        elif a.dataset == "realistic":
+            log(f"realistic dataset, about {a.scale * 100} MB")
+            self.pg.sql(REALISTIC_SCHEMA, db="bench")
+            for batch in range(a.scale):  # one transaction per ~100 MB
+                self.pg.sql(REALISTIC_BATCH, db="bench")
+            self.pg.sql(REALISTIC_INDEXES, db="bench")
+            self.pg.sql("VACUUM ANALYZE", db="bench")
+        if a.dataset == "many-files":
+            log(f"many-files dataset: {a.scale * 1000} tables with a primary key and an index each")
+            for first in range(0, a.scale * 1000, 500):  # 500 tables a transaction (lock table size)
+                self.pg.sql(MANY_FILES_BATCH.replace("FIRST", str(first)), db="bench")
+            self.pg.sql("VACUUM ANALYZE", db="bench")
         self.pg.sql("CHECKPOINT")
         load = time.perf_counter() - t0
         size = int(self.pg.sql("SELECT pg_database_size('bench')"))
@@ -676,6 +740,10 @@ class Bench:
             "before each run (untimed)": "switch archive_command, CHECKPOINT, wait until the archiver is idle, "
                                          "sync" + (", drop page cache" if self.args.drop_caches
                                                    else "; page cache warm (the whole dataset fits in RAM)"),
+            "incremental": f"pgsafe backup --type incr --jobs {self.args.jobs}; pgbackrest --type=incr "
+                           "(file-level: repo1-bundle and repo1-block off); chain restore as above into an "
+                           "empty directory; delta restore: pgsafe restore --delta, pgbackrest --delta restore, "
+                           "same options, over the directory the chain restore of the same backup left",
             "postgresql.conf": "wal_level=replica archive_mode=on shared_buffers=256MB max_wal_size=4GB, "
                                "data checksums on",
         }
@@ -692,15 +760,16 @@ class Bench:
 
     # full backups -----------------------------------------------------------------------
 
-    def backup_pgsafe(self, rnd: int) -> dict[str, Any]:
+    def backup_pgsafe(self, rnd: int, kind: str = "full") -> dict[str, Any]:
         self.prepare_run(self.pgsafe_push())
         backups = self.pgsafe_repo / "cluster" / CLUSTER / "backup"
         walroot = self.pgsafe_repo / "cluster" / CLUSTER / "wal"
         wal0 = file_sizes(walroot)
         before = set(os.listdir(backups)) if backups.exists() else set()
-        run = measure(self.pgsafe_cmd("backup", "--type", "full", "--jobs", str(self.args.jobs),
-                                      "--output", "json"), f"backup-pgsafe-{rnd}")
-        run.update(op="full backup", tool="pgsafe", round=rnd)
+        run = measure(self.pgsafe_cmd("backup", "--type", kind, "--jobs", str(self.args.jobs),
+                                      "--output", "json"),
+                      f"backup-pgsafe-{rnd}" if kind == "full" else f"backup-pgsafe-{kind}-{rnd}")
+        run.update(op=f"{kind} backup", tool="pgsafe", round=rnd)
         new = sorted(set(os.listdir(backups)) - before) if backups.exists() else []
         if run["rc"] == 0:
             try:
@@ -720,15 +789,17 @@ class Bench:
                                           "bytes": sum(wal1[k] for k in set(wal1) - set(wal0))}
         return self.record(run)
 
-    def backup_pgbackrest(self, rnd: int) -> dict[str, Any]:
+    def backup_pgbackrest(self, rnd: int, kind: str = "full") -> dict[str, Any]:
         self.prepare_run(self.pgbr_push())
         backups = self.pgbr_repo / "backup" / STANZA
         walroot = self.pgbr_repo / "archive" / STANZA
         wal0 = file_sizes(walroot)
-        before = {d for d in os.listdir(backups) if re.match(r"^\d{8}-\d{6}F$", d)}
-        run = measure(self.pgbr_cmd("--type=full", "backup"), f"backup-pgbackrest-{rnd}")
-        run.update(op="full backup", tool="pgbackrest", round=rnd)
-        new = sorted({d for d in os.listdir(backups) if re.match(r"^\d{8}-\d{6}F$", d)} - before)
+        label = r"^\d{8}-\d{6}F$" if kind == "full" else r"^\d{8}-\d{6}F_\d{8}-\d{6}[ID]$"
+        before = {d for d in os.listdir(backups) if re.match(label, d)}
+        run = measure(self.pgbr_cmd(f"--type={kind}", "backup"),
+                      f"backup-pgbackrest-{rnd}" if kind == "full" else f"backup-pgbackrest-{kind}-{rnd}")
+        run.update(op=f"{kind} backup", tool="pgbackrest", round=rnd)
+        new = sorted({d for d in os.listdir(backups) if re.match(label, d)} - before)
         if run["rc"] == 0 and new:
             run["backup_id"] = new[-1]
             app, alloc, files = tree_bytes(backups / new[-1])
@@ -783,36 +854,56 @@ class Bench:
 
     # restores ---------------------------------------------------------------------------
 
-    def last_backup(self, tool: str) -> str | None:
+    def last_backup(self, tool: str, op: str = "full backup") -> str | None:
         ids = [r.get("backup_id") for r in self.results["runs"]
-               if r["op"] == "full backup" and r["tool"] == tool and r["rc"] == 0 and r.get("backup_id")]
+               if r["op"] == op and r["tool"] == tool and r["rc"] == 0 and r.get("backup_id")]
         return ids[-1] if ids else None
 
-    def restore(self, tool: str, rnd: int) -> dict[str, Any] | None:
-        backup_id = self.last_backup(tool)
+    def restore(self, tool: str, rnd: int, op: str = "restore") -> dict[str, Any] | None:
+        """op "restore": last full backup into an empty directory; "restore (full+incr)": the last
+        incremental (its chain) into an empty directory; "delta restore": the last incremental again
+        with --delta over the directory the previous restore of that same backup left (identical)."""
+        backup_id = self.last_backup(tool, "full backup" if op == "restore" else "incr backup")
         if backup_id is None:
             self.anomaly(f"no successful {tool} backup to restore")
             return None
         target = WORK / "restore" / tool
-        if target.exists():
-            shutil.rmtree(target)
-        mkdir_pg(target, 0o700)
+        delta = op == "delta restore"
+        if not delta:
+            if target.exists():
+                shutil.rmtree(target)
+            mkdir_pg(target, 0o700)
+        elif not (target / "PG_VERSION").exists():
+            self.anomaly(f"delta restore of {tool}: {target} holds no restored cluster")
+            return None
         self._settle = sync_and_settle(self.args.drop_caches, self.args.quiet, self.args.quiet_wait)
         j = str(self.args.jobs)
         if tool == "pgsafe":
             cmd = self.pgsafe_cmd("restore", "--target-dir", str(target), "--set", backup_id, "--target",
-                                  "immediate", "--target-action", "promote", "--jobs", j, "--output", "json")
+                                  "immediate", "--target-action", "promote", "--jobs", j, "--output", "json",
+                                  *(["--delta"] if delta else []))
         else:
             cmd = self.pgbr_cmd(f"--pg1-path={target}", f"--set={backup_id}", "--type=immediate",
-                                "--target-action=promote", f"--process-max={j}", "restore")
-        run = measure(cmd, f"restore-{tool}-{rnd}")
-        run.update(op="restore", tool=tool, round=rnd, backup_id=backup_id)
+                                "--target-action=promote", f"--process-max={j}", *(["--delta"] if delta else []),
+                                "restore")
+        tag = {"restore": "restore", "restore (full+incr)": "restore-chain", "delta restore": "restore-delta"}[op]
+        run = measure(cmd, f"{tag}-{tool}-{rnd}")
+        run.update(op=op, tool=tool, round=rnd, backup_id=backup_id)
         if run["rc"] == 0:
             app, alloc, files = tree_bytes(target)
             run.update(restored_bytes=app, restored_files=files)
         return self.record(run)
 
     def source_fingerprint(self, cluster: Cluster) -> str:
+        if self.args.dataset == "many-files":
+            return cluster.sql(
+                "SELECT count(*) || ':' || sum(reltuples) FROM pg_class WHERE relname LIKE 'mf\\_%' "
+                "AND relkind = 'r'", db="bench") + ":" + cluster.sql(
+                "SELECT count(*) || ':' || sum(hashtext(t::text)::bigint) FROM mf_1 t", db="bench")
+        if self.args.dataset == "realistic":
+            return cluster.sql(
+                "SELECT (SELECT count(*) || ':' || sum(hashtext(e::text)::bigint) FROM events e) || ':' || "
+                "(SELECT count(*) || ':' || sum(hashtext(d::text)::bigint) FROM documents d)", db="bench")
         return cluster.sql(
             "SELECT (SELECT count(*) FROM pgbench_accounts) || ':' || "
             "(SELECT sum(abalance) FROM pgbench_accounts) || ':' || "
@@ -820,7 +911,7 @@ class Bench:
             "(SELECT count(*) FROM pgbench_branches) || ':' || (SELECT count(*) FROM pgbench_tellers)",
             db="bench")
 
-    def verify_restore(self, tool: str, expected: str) -> None:
+    def verify_restore(self, tool: str, expected: str, what: str = "") -> None:
         """Untimed: start the restored copy, let it recover and promote, compare the data."""
         target = WORK / "restore" / tool
         if not (target / "PG_VERSION").exists():
@@ -849,8 +940,8 @@ class Bench:
                 copy.stop()
             except Exception:  # noqa: BLE001
                 pass
-        self.results["checks"][f"restore {tool} verified"] = verdict
-        log(f"  restored {tool} copy: {'data matches the source' if verdict.get('ok') else 'PROBLEM'}")
+        self.results["checks"][f"restore {tool} verified" + (f" ({what})" if what else "")] = verdict
+        log(f"  restored {tool} copy{f' ({what})' if what else ''}: {'data matches the source' if verdict.get('ok') else 'PROBLEM'}")
         self.save()
 
     # archive-push -----------------------------------------------------------------------
@@ -913,6 +1004,48 @@ class Bench:
                     self.anomaly(f"{tool} archive-push of {seg.name} succeeded but stored no new file")
                 self.record(run)
 
+    # incremental backups, chain restore, delta restore -----------------------------------
+
+    def incremental(self) -> None:
+        """Per round: pgbench -c4 on the dataset for --incr-seconds (both tools archiving), then an
+        incremental backup by each tool (alternating who goes first). Each incremental's parent is
+        the tool's previous backup (the last full, then the previous incremental). Then restores of
+        each tool's last incremental (its whole chain) into an empty directory, and delta restores of
+        that same backup over the directory the chain restore left, alternating; finally, untimed,
+        each copy is started and compared with the source."""
+        a = self.args
+        log(f"incremental backups: {a.rounds} rounds of pgbench -c4 -T{a.incr_seconds}, then pgsafe and pgbackrest")
+        for rnd in range(1, a.rounds + 1):
+            self.pg.set_archive_command(self.both_push())
+            r = run_pg([str(PGBIN / "pgbench"), *self.pg.conn_args(), "-n", "-c", "4", "-j", "2", "-T",
+                        str(a.incr_seconds), "bench"], timeout=a.incr_seconds + 600)
+            tps = re.search(r"tps = ([0-9.]+)", r.stdout)
+            self.results.setdefault("incr_pgbench", []).append({"round": rnd, "tps": tps.group(1) if tps else None})
+            order = ("pgsafe", "pgbackrest") if rnd % 2 else ("pgbackrest", "pgsafe")
+            for tool in order:
+                step = self.backup_pgsafe if tool == "pgsafe" else self.backup_pgbackrest
+                run = self.retry_noisy(lambda: step(rnd, "incr"))
+                if run["rc"] != 0:
+                    self.anomaly(f"{tool} incr backup round {rnd} failed (rc {run['rc']}): `{run['command']}`: "
+                                 f"{fail_summary(run)}")
+        expected = self.source_fingerprint(self.pg)
+        self.results["checks"]["source fingerprint after pgbench"] = expected
+        for op in ("restore (full+incr)", "delta restore"):
+            log(f"{op}: {a.rounds} rounds of pgsafe pgbackrest")
+            for rnd in range(1, a.rounds + 1):
+                order = ("pgsafe", "pgbackrest") if rnd % 2 else ("pgbackrest", "pgsafe")
+                for tool in order:
+                    run = self.retry_noisy(lambda: self.restore(tool, rnd, op))
+                    if run is not None and run["rc"] != 0:
+                        self.anomaly(f"{tool} {op} round {rnd} failed (rc {run['rc']}): `{run['command']}`: "
+                                     f"{fail_summary(run)}")
+        if not a.no_verify:
+            for tool in ("pgsafe", "pgbackrest"):
+                self.verify_restore(tool, expected, "incr")
+        for tool in ("pgsafe", "pgbackrest"):
+            if (WORK / "restore" / tool).exists():
+                shutil.rmtree(WORK / "restore" / tool)
+
     def retry_noisy(self, attempt: Any) -> dict[str, Any] | None:
         """Run a timed step; when other processes used more than --max-noise cores on average
         during it, mark it discarded (kept in the raw results) and run it again, up to
@@ -965,6 +1098,8 @@ class Bench:
         for tool in ("pgsafe", "pgbackrest"):
             if (WORK / "restore" / tool).exists():
                 shutil.rmtree(WORK / "restore" / tool)
+        if a.incr_seconds > 0 and a.dataset == "pgbench":  # the phase runs pgbench on the dataset
+            self.incremental()
         if a.segments > 0:
             self.archive_push()
             for r in self.results["runs"]:
@@ -989,7 +1124,7 @@ class Bench:
 # -- summary and report -------------------------------------------------------------------
 
 
-OPS = ("full backup", "restore", "archive-push")
+OPS = ("full backup", "restore", "archive-push", "incr backup", "restore (full+incr)", "delta restore")
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -1078,7 +1213,7 @@ def render(results: dict[str, Any], result_path: Path) -> str:
             wall = _fmt(e["wall_s"]) if op != "archive-push" else f"{_fmt(e['wall_s'], 'ms')} ms"
             cpu = _fmt(e["cpu_s"]) if op != "archive-push" else f"{_fmt(e['cpu_s'], 'ms')} ms"
             mcpu = _fmt(e["server_cpu_s"]) if op != "archive-push" else f"{_fmt(e['server_cpu_s'], 'ms')} ms"
-            stored = _fmt(e["stored_bytes"], "MB") if op != "restore" else "-"
+            stored = _fmt(e["stored_bytes"], "MB") if "restore" not in op else "-"
             rss = "-" if e["max_rss_mb"] is None else f"{e['max_rss_mb']:.0f}"
             pss = "-" if e["tree_pss_peak_mb"] is None or op == "archive-push" else f"{e['tree_pss_peak_mb']:.0f}"
             lines.append(f"| {op} | {tool} | {e['runs'] - e['failed']}/{e['runs']} | {wall} | {cpu} | {mcpu} | "
@@ -1093,7 +1228,7 @@ def render(results: dict[str, Any], result_path: Path) -> str:
                      f"{_ratio(_add(a['cpu_s'], a['server_cpu_s']), _add(b['cpu_s'], b['server_cpu_s']))} | "
                      f"{_ratio(a['max_rss_mb'], b['max_rss_mb'])} | "
                      f"{_ratio(a['tree_pss_peak_mb'], b['tree_pss_peak_mb']) if op != 'archive-push' else '-'} | "
-                     f"{_ratio(a['stored_bytes'], b['stored_bytes']) if op != 'restore' else '-'} |")
+                     f"{_ratio(a['stored_bytes'], b['stored_bytes']) if 'restore' not in op else '-'} |")
     a, b, r = s.get("full backup/pgsafe"), s.get("full backup/pg_basebackup"), s.get(f"full backup/{REFERENCE}")
     if a and b:
         lines.append(f"\nFull backup, pgsafe / pg_basebackup: wall {_ratio(a['wall_s'], b['wall_s'])}, "
@@ -1109,7 +1244,7 @@ def render(results: dict[str, Any], result_path: Path) -> str:
     lines.append("")
     lines.append("Per-run wall times (s):")
     lines.append("")
-    for op in ("full backup", "restore"):
+    for op in ("full backup", "restore", "incr backup", "restore (full+incr)", "delta restore"):
         for tool in list(TOOLS) + [REFERENCE]:
             walls = [(f"{r['wall_s']:.2f}" if r["rc"] == 0 else "FAILED")
                      + (f" (discarded, noise {r['foreign_cores']:.2f})" if r.get("discarded") else "")
@@ -1122,11 +1257,19 @@ def render(results: dict[str, Any], result_path: Path) -> str:
         if walls:
             lines.append(f"- archive-push, {tool} (ms): {', '.join(walls)}")
     checks = results.get("checks", {})
-    for tool in ("pgsafe", "pgbackrest"):
-        c = checks.get(f"restore {tool} verified")
-        if c is not None:
-            lines.append(f"- restored {tool} copy started, recovered and promoted; data "
-                         f"{'matches the source' if c.get('ok') else 'DID NOT CHECK OUT: ' + str(c)}")
+    for what in ("", " (incr)"):
+        for tool in ("pgsafe", "pgbackrest"):
+            c = checks.get(f"restore {tool} verified{what}")
+            if c is not None:
+                lines.append(f"- restored {tool} copy{' of the last incremental, after the delta restores' if what else ''}"
+                             f" started, recovered and promoted; data "
+                             f"{'matches the source' if c.get('ok') else 'DID NOT CHECK OUT: ' + str(c)}")
+    pb = results.get("incr_pgbench")
+    if pb:
+        lines.append(f"- before each incremental round: pgbench -n -c4 -j2 -T{results.get('incr_seconds')} on the "
+                     f"dataset (tps {', '.join(str(x['tps']) for x in pb)}); each tool's incremental is relative "
+                     "to its previous backup (round 1: the last full; then the previous incremental), so the "
+                     f"chain restored is full + {len(pb)} incrementals")
     if results["anomalies"]:
         lines += ["", "Anomalies recorded by this run:", ""]
         lines += [f"- {x}" for x in results["anomalies"]]
@@ -1231,8 +1374,11 @@ WORK = Path("/var/tmp/pgsafe-bench")
 def main() -> int:
     global WORK
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=("pgbench",), default="pgbench")
-    p.add_argument("--scale", type=int, default=100, help="pgbench scale (default 100, about 1.5 GB)")
+    p.add_argument("--dataset", choices=("pgbench", "realistic", "many-files"), default="pgbench",
+                   help="pgbench: pgbench -i (compresses about 20:1); realistic: mixed tables that compress "
+                   "about 2-3:1 (see REALISTIC_BATCH); many-files: SCALE x 1000 small tables with an index each")
+    p.add_argument("--scale", type=int, default=100, help="pgbench: pgbench scale (default 100, about 1.5 GB); "
+                   "realistic: about SCALE x 100 MB (20 for the 2 GB of issue 6)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of each operation (default 3)")
     p.add_argument("--segments", type=int, default=20,
                    help="WAL segments pushed by each tool for archive-push (default 20; 0 skips)")
@@ -1249,6 +1395,9 @@ def main() -> int:
     p.add_argument("--max-noise", type=float, default=0.25,
                    help="redo a run during which other processes used more cores than this on average")
     p.add_argument("--retries", type=int, default=2, help="redos of a noisy run (default 2)")
+    p.add_argument("--incr-seconds", type=int, default=60,
+                   help="incremental phase: pgbench -c4 -T N before each round's incremental backups, then "
+                   "chain and delta restores (default 60; 0 skips the phase)")
     p.add_argument("--no-reference", action="store_true", help=f"skip the `{REFERENCE}` reference runs")
     p.add_argument("--no-verify", action="store_true", help="skip starting the restored copies")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/PERFORMANCE.md")

@@ -362,6 +362,3 @@ def encode(data: bytes | memoryview, compression: str, level: int) -> tuple[byte
 def decode(data: bytes | memoryview) -> bytes:
     return PLAIN.decode(data)
 
-
-def decode_verified(data: bytes | memoryview, expect_hex: str, what: str) -> bytes:
-    return PLAIN.decode_verified(data, expect_hex, what)
