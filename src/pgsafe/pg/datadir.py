@@ -12,7 +12,7 @@ from typing import Any
 from pgsafe.pg import layout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     path: str  # relative to PGDATA; tablespace files as pg_tblspc/<oid>/...
     abs_path: str

@@ -38,11 +38,16 @@ def iter_blocks(repo: Repository, cluster: str, entry: FileEntry) -> Iterator[tu
     for k, p in enumerate(entry.patches):
         for b in range(p.block, min(p.block + p.count, nblocks)):
             owner[b] = k
-    base = _BaseReader(repo, cluster, entry) if entry.ref is not None else None
+    # the base is decoded only as far as the last block that still comes from it
+    base_blocks = [i for i in range(nblocks) if i not in owner]
+    last_from_base = base_blocks[-1] if base_blocks else -1
+    base = _BaseReader(repo, cluster, entry) if entry.ref is not None and last_from_base >= 0 else None
     current: tuple[int, bytes] | None = None
     for i in range(nblocks):
         length = min(BLOCK_SIZE, entry.size - i * BLOCK_SIZE)
-        from_base = base.block(i, length, needed=i not in owner) if base is not None else None
+        from_base = None
+        if base is not None and i <= last_from_base:
+            from_base = base.block(i, length, needed=i not in owner)
         if i in owner:
             k = owner[i]
             if current is None or current[0] != k:
