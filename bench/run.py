@@ -37,42 +37,33 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import grp
 import hashlib
 import json
 import os
 import platform
-import pwd
 import re
 import shlex
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import timing
+from report import DOC, REFERENCE, TOOLS, render, summarize, write_doc
+from timing import OS_USER, PGBIN, _proc_stat_busy, measure, mkdir_pg, run_pg
+
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 RESULTS = HERE / "results"
-DOC = PROJECT / "docs" / "PERFORMANCE.md"
 
-PGBIN = Path("/usr/lib/postgresql/15/bin")
 INSTALLED_PGSAFE = Path(os.environ.get("PGSAFE_VENV", "/opt/pgsafe")) / "bin" / "pgsafe"
 PGSAFE = INSTALLED_PGSAFE  # replaced by the run's frozen snapshot (see snapshot_pgsafe)
 PGBACKREST = Path(shutil.which("pgbackrest") or "/usr/bin/pgbackrest")
-OS_USER = "postgres"
 STANZA = "bench"
 CLUSTER = "main"
-TOOLS = ("pgsafe", "pgbackrest", "pg_basebackup")
-REFERENCE = "tar|zstd"
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 # The `realistic` dataset: about 100 MB per batch, of which ~55 % an `events` heap (integers,
 # numerics, floats, timestamps, a status, short random text, a jsonb document), ~25 % its four
@@ -123,238 +114,6 @@ CHECKPOINT;
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# -- running things as the postgres user, measured ---------------------------------------
-
-
-def _pg_ids() -> tuple[int, int, str]:
-    pw = pwd.getpwnam(OS_USER)
-    return pw.pw_uid, pw.pw_gid, pw.pw_dir
-
-
-def _env() -> dict[str, str]:
-    _, _, home = _pg_ids()
-    return {"PATH": f"{PGBIN}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8", "USER": OS_USER, "LOGNAME": OS_USER}
-
-
-def chown(path: Path) -> None:
-    uid, gid, _ = _pg_ids()
-    os.chown(path, uid, gid)
-
-
-def mkdir_pg(path: Path, mode: int = 0o700) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, mode)
-    chown(path)
-    return path
-
-
-def run_pg(cmd: list[str], *, check: bool = True, timeout: float = 3600, cwd: Path | None = None,
-           capture: bool = True) -> subprocess.CompletedProcess:
-    """Run an untimed helper command as the postgres user."""
-    uid, gid, _ = _pg_ids()
-    res = subprocess.run(cmd, user=uid, group=gid, extra_groups=[], env=_env(), cwd=cwd or WORK,
-                         capture_output=capture, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"command failed ({res.returncode}): {shlex.join(cmd)}\n"
-                           f"{(res.stdout or '')[-2000:]}{(res.stderr or '')[-4000:]}")
-    return res
-
-
-def _proc_stat_busy() -> float:
-    """Seconds of non-idle CPU time of the whole machine since boot."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
-class TreeSampler(threading.Thread):
-    """Samples the summed PSS (and RSS) of a process and all its descendants."""
-
-    def __init__(self, root: int, interval: float = 0.1) -> None:
-        super().__init__(daemon=True)
-        self.root = root
-        self.interval = interval
-        self.peak_pss_kb = 0
-        self.peak_rss_kb = 0
-        self.peak_procs = 0
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                self._sample()
-            except Exception:  # a process vanishing mid-scan is normal
-                pass
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-    def _sample(self) -> None:
-        children: dict[int, list[int]] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-        tree, todo = [], [self.root]
-        while todo:
-            pid = todo.pop()
-            tree.append(pid)
-            todo.extend(children.get(pid, []))
-        pss = rss = 0
-        for pid in tree:
-            try:
-                with open(f"/proc/{pid}/smaps_rollup") as f:
-                    for line in f:
-                        if line.startswith("Pss:"):
-                            pss += int(line.split()[1])
-                        elif line.startswith("Rss:"):
-                            rss += int(line.split()[1])
-            except OSError:
-                continue
-        self.peak_pss_kb = max(self.peak_pss_kb, pss)
-        self.peak_rss_kb = max(self.peak_rss_kb, rss)
-        self.peak_procs = max(self.peak_procs, len(tree))
-
-
-def postmaster_cpu(pgdata: Path) -> float:
-    """CPU seconds used so far by a running cluster: the postmaster, its live children, and
-    (through the postmaster's cutime/cstime) every child it has already reaped, e.g. the
-    backend or walsender that served a finished backup."""
-    try:
-        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-    def times(stat: str) -> tuple[int, float]:
-        f = stat[stat.rindex(")") + 2:].split()
-        return int(f[1]), sum(int(x) for x in f[11:15]) / CLK_TCK  # ppid; utime stime cutime cstime
-
-    total = 0.0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as fh:
-                    ppid, secs = times(fh.read())
-            except (OSError, ValueError):
-                continue
-            if ppid == pid or int(entry.name) == pid:
-                total += secs
-    return total
-
-
-SERVER_PGDATA: Path | None = None  # the bench cluster, whose CPU time each run also records
-
-
-def foreign_cpu_snapshot() -> dict[int, float]:
-    """CPU seconds (own + reaped children) of every user-space process that is neither this
-    bench, nor the bench cluster and its descendants (archive_command included), nor a
-    kernel thread: the other sessions sharing this machine."""
-    procs: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, own ticks, reaped children's ticks)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        f = stat[stat.rindex(")") + 2:].split()
-        procs[int(entry.name)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))
-    mine = {os.getpid(), 2}
-    try:
-        if SERVER_PGDATA is not None:
-            mine.add(int((SERVER_PGDATA / "postmaster.pid").read_text().split()[0]))
-    except (OSError, ValueError, IndexError):
-        pass
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    todo = list(mine)
-    while todo:  # descendants of the excluded roots; children of pid 2 are kernel threads
-        for child in children.get(todo.pop(), []):
-            if child not in mine:
-                mine.add(child)
-                todo.append(child)
-    return {pid: (own, reaped) for pid, (_, own, reaped) in procs.items() if pid not in mine}
-
-
-def foreign_cpu_delta(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
-    """CPU seconds the other processes used between two snapshots. A process that ended in
-    between shows up in its parent's reaped-children time with its whole lifetime: what it
-    had used before the first snapshot is taken off again."""
-    ticks = 0
-    for pid, (own, reaped) in after.items():
-        own0, reaped0 = before.get(pid, (0, 0))
-        if own < own0:  # the pid was reused
-            own0 = reaped0 = 0
-        ticks += (own - own0) + (reaped - reaped0)
-    ticks -= sum(own + reaped for pid, (own, reaped) in before.items() if pid not in after)
-    return max(0, ticks) / CLK_TCK
-
-
-def measure(cmd: list[str], name: str, *, timeout: float = 7200, shell: bool = False,
-            sample: bool = True) -> dict[str, Any]:
-    """Run one timed command as the postgres user; stdout/stderr go to logs/<name>.*"""
-    uid, gid, _ = _pg_ids()
-    logs = WORK / "logs"
-    logs.mkdir(exist_ok=True)
-    out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
-    argv = ["/bin/bash", "-c", cmd[0]] if shell else cmd
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        server0 = postmaster_cpu(SERVER_PGDATA) if SERVER_PGDATA else 0.0
-        others0 = foreign_cpu_snapshot()
-        busy0 = _proc_stat_busy()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, user=uid, group=gid, extra_groups=[], env=_env(), cwd=WORK,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-        sampler = TreeSampler(proc.pid)
-        if sample:  # a scan of /proc costs about 1 ms; pointless for sub-second commands
-            sampler.start()
-        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
-        timer.start()
-        _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        busy1 = _proc_stat_busy()
-        server1 = postmaster_cpu(SERVER_PGDATA) if SERVER_PGDATA else 0.0
-        others1 = foreign_cpu_snapshot()
-        timer.cancel()
-        if sample:
-            sampler.stop()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout = out_path.read_text(errors="replace")
-    stderr = err_path.read_text(errors="replace")
-    return {
-        "command": shlex.join(argv),
-        "rc": proc.returncode,
-        "wall_s": round(wall, 4),
-        "user_s": round(ru.ru_utime, 4),
-        "sys_s": round(ru.ru_stime, 4),
-        "cpu_s": round(ru.ru_utime + ru.ru_stime, 4),
-        "machine_cpu_s": round(busy1 - busy0, 3),
-        "server_cpu_s": round(server1 - server0, 3),
-        # CPU used by the other sessions' processes on this machine during the run, in cores on
-        # average: the noise it was measured under (kernel threads, e.g. writeback of the tool's
-        # own writes, are not counted; machine_cpu_s minus cpu_s and server_cpu_s shows them)
-        "foreign_cores": round(foreign_cpu_delta(others0, others1) / max(wall, 0.01), 3),
-        "max_rss_mb": round(ru.ru_maxrss / 1024, 1),
-        "tree_pss_peak_mb": round(sampler.peak_pss_kb / 1024, 1) if sample else None,
-        "tree_rss_peak_mb": round(sampler.peak_rss_kb / 1024, 1) if sample else None,
-        "tree_procs_peak": sampler.peak_procs if sample else None,
-        "stdout_tail": stdout[-3000:],
-        "stderr_tail": stderr[-3000:],
-    }
 
 
 # -- the cluster --------------------------------------------------------------------------
@@ -469,11 +228,6 @@ def sync_and_settle(drop_caches: bool, quiet: float, max_wait: float, window: fl
             return {"waited_s": round(time.monotonic() - t0, 1), "quiet": True, "busy_cores_before": round(busy, 2)}
         if time.monotonic() - t0 > max_wait:
             return {"waited_s": round(time.monotonic() - t0, 1), "quiet": False, "busy_cores_before": round(busy, 2)}
-
-
-def median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def fail_summary(run: dict[str, Any]) -> str:
@@ -1063,8 +817,8 @@ class Bench:
 
     def run(self) -> None:
         a = self.args
-        global PGSAFE, SERVER_PGDATA
-        SERVER_PGDATA = self.pg.pgdata
+        global PGSAFE
+        timing.SERVER_PGDATA = self.pg.pgdata
         self.describe_machine()
         self.build_dataset()
         PGSAFE = snapshot_pgsafe(a.pgsafe_from)
@@ -1120,173 +874,6 @@ class Bench:
         if not a.keep_server:
             self.pg.stop()
 
-
-# -- summary and report -------------------------------------------------------------------
-
-
-OPS = ("full backup", "restore", "archive-push", "incr backup", "restore (full+incr)", "delta restore")
-
-
-def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for op in OPS:
-        for tool in list(TOOLS) + [REFERENCE]:
-            runs = [r for r in results["runs"] if r["op"] == op and r["tool"] == tool and not r.get("warmup")
-                    and not r.get("discarded")]
-            if not runs:
-                continue
-            ok = [r for r in runs if r["rc"] == 0]
-            entry: dict[str, Any] = {"runs": len(runs), "failed": len(runs) - len(ok)}
-            for key in ("wall_s", "cpu_s", "server_cpu_s", "machine_cpu_s", "foreign_cores", "max_rss_mb",
-                        "tree_pss_peak_mb", "stored_bytes"):
-                entry[key] = median([r.get(key) for r in ok])
-            entry["wall_min_s"] = min((r["wall_s"] for r in ok), default=None)
-            entry["wall_max_s"] = max((r["wall_s"] for r in ok), default=None)
-            out[f"{op}/{tool}"] = entry
-    return out
-
-
-def _fmt(v: Any, unit: str = "") -> str:
-    if v is None:
-        return "-"
-    if unit == "MB":
-        return f"{v / 1e6:,.1f}"
-    if unit == "ms":
-        return f"{v * 1000:.0f}"
-    if isinstance(v, float):
-        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
-    return str(v)
-
-
-def _add(a: Any, b: Any) -> Any:
-    return None if a is None or b is None else a + b
-
-
-def _ratio(a: Any, b: Any) -> str:
-    if a is None or b in (None, 0):
-        return "-"
-    return f"{a / b:.2f}"
-
-
-def render(results: dict[str, Any], result_path: Path) -> str:
-    s = results["summary"]
-    m, v = results["machine"], results["versions"]
-    lines = [
-        f"Run of {results['started']} (`{results['command']}`), raw results "
-        f"`bench/results/{result_path.name}`.",
-        "",
-        f"- machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('ram_gib')} GiB RAM, "
-        f"disk {m.get('disk')}, ~{m.get('disk_write_mb_s', '?'):.0f} MB/s sequential write (dd, fdatasync); "
-        f"{m.get('os')}, kernel {m.get('kernel')}",
-        f"- versions: pgsafe {v.get('pgsafe')} (a frozen copy of the {v.get('pgsafe_source')} package, "
-        f"sources sha1 {v.get('pgsafe_src_sha1', {}).get('tested')}, identical to: "
-        f"{', '.join(v.get('pgsafe_tested_matches') or ['none of git HEAD, work tree, installed'])}; "
-        f"git HEAD {v.get('pgsafe_git_head')}), "
-        f"{v.get('pgbackrest')}, {v.get('postgresql')}, Python {v.get('python')}, "
-        f"python-zstandard {v.get('zstandard_py')}",
-        f"- dataset: {results['dataset'].get('name')} scale {results['dataset'].get('scale')}, "
-        f"database {results['dataset'].get('bench_db_bytes', 0) / 1e9:.2f} GB",
-    ]
-    for k, val in results["settings"].items():
-        lines.append(f"- {k}: {val}")
-    lines += [
-        "",
-        "Medians over the rounds. *wall* elapsed; *CPU* user+sys of the tool and all its child processes; "
-        "*server CPU* CPU time of the PostgreSQL cluster during the run (checkpoint, the backend serving the "
-        "tool, the walsender that reads and sends the files for pg_basebackup, the archiver and the "
-        "archive_command it runs); *RSS* the largest single process's peak; "
-        "*tree PSS* the peak of the summed PSS of the tool's processes (sampled every 0.1 s; not sampled for "
-        "archive-push, which is over in a sample or two); "
-        "*stored* bytes the run added to the repository (WAL archive not included; for pg_basebackup "
-        "the tar files, WAL included); *noise* CPU used by other processes on the machine during the run, "
-        "in cores on average (runs above the --max-noise limit were redone; the discarded ones are in the raw "
-        "results).",
-        "",
-        "| operation | tool | runs ok | wall s | CPU s | server CPU s | RSS MB | tree PSS MB | stored MB | noise |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for op in OPS:
-        for tool in list(TOOLS) + [REFERENCE]:
-            e = s.get(f"{op}/{tool}")
-            if e is None:
-                continue
-            wall = _fmt(e["wall_s"]) if op != "archive-push" else f"{_fmt(e['wall_s'], 'ms')} ms"
-            cpu = _fmt(e["cpu_s"]) if op != "archive-push" else f"{_fmt(e['cpu_s'], 'ms')} ms"
-            mcpu = _fmt(e["server_cpu_s"]) if op != "archive-push" else f"{_fmt(e['server_cpu_s'], 'ms')} ms"
-            stored = _fmt(e["stored_bytes"], "MB") if "restore" not in op else "-"
-            rss = "-" if e["max_rss_mb"] is None else f"{e['max_rss_mb']:.0f}"
-            pss = "-" if e["tree_pss_peak_mb"] is None or op == "archive-push" else f"{e['tree_pss_peak_mb']:.0f}"
-            lines.append(f"| {op} | {tool} | {e['runs'] - e['failed']}/{e['runs']} | {wall} | {cpu} | {mcpu} | "
-                         f"{rss} | {pss} | {stored} | {_fmt(e['foreign_cores'])} |")
-    lines += ["", "Ratios of medians, pgsafe / pgBackRest (below 1: pgsafe is faster / smaller):", "",
-              "| operation | wall | CPU | CPU incl. server | RSS | tree PSS | stored |", "|---|---|---|---|---|---|---|"]
-    for op in OPS:
-        a, b = s.get(f"{op}/pgsafe"), s.get(f"{op}/pgbackrest")
-        if not a or not b:
-            continue
-        lines.append(f"| {op} | {_ratio(a['wall_s'], b['wall_s'])} | {_ratio(a['cpu_s'], b['cpu_s'])} | "
-                     f"{_ratio(_add(a['cpu_s'], a['server_cpu_s']), _add(b['cpu_s'], b['server_cpu_s']))} | "
-                     f"{_ratio(a['max_rss_mb'], b['max_rss_mb'])} | "
-                     f"{_ratio(a['tree_pss_peak_mb'], b['tree_pss_peak_mb']) if op != 'archive-push' else '-'} | "
-                     f"{_ratio(a['stored_bytes'], b['stored_bytes']) if 'restore' not in op else '-'} |")
-    a, b, r = s.get("full backup/pgsafe"), s.get("full backup/pg_basebackup"), s.get(f"full backup/{REFERENCE}")
-    if a and b:
-        lines.append(f"\nFull backup, pgsafe / pg_basebackup: wall {_ratio(a['wall_s'], b['wall_s'])}, "
-                     f"stored {_ratio(a['stored_bytes'], b['stored_bytes'])}.")
-    if a and r:
-        lines.append(f"Full backup, pgsafe / `{REFERENCE}` reference: wall {_ratio(a['wall_s'], r['wall_s'])}, "
-                     f"stored {_ratio(a['stored_bytes'], r['stored_bytes'])}.")
-    ws = results.get("wal_segments")
-    if ws:
-        lines.append(f"archive-push: {ws['count'] - 1} real 16 MiB segments ({ws['first']} .. {ws['last']}, "
-                     f"zstd -3 ratio {ws['zstd_ratio']}:1) pushed by each tool, alternating, after one warm-up "
-                     "push each; each push is a new name in that tool's repository.")
-    lines.append("")
-    lines.append("Per-run wall times (s):")
-    lines.append("")
-    for op in ("full backup", "restore", "incr backup", "restore (full+incr)", "delta restore"):
-        for tool in list(TOOLS) + [REFERENCE]:
-            walls = [(f"{r['wall_s']:.2f}" if r["rc"] == 0 else "FAILED")
-                     + (f" (discarded, noise {r['foreign_cores']:.2f})" if r.get("discarded") else "")
-                     for r in results["runs"] if r["op"] == op and r["tool"] == tool]
-            if walls:
-                lines.append(f"- {op}, {tool}: {', '.join(walls)}")
-    for tool in ("pgsafe", "pgbackrest"):
-        walls = [f"{r['wall_s'] * 1000:.0f}" if r["rc"] == 0 else "FAILED" for r in results["runs"]
-                 if r["op"] == "archive-push" and r["tool"] == tool and not r.get("warmup")]
-        if walls:
-            lines.append(f"- archive-push, {tool} (ms): {', '.join(walls)}")
-    checks = results.get("checks", {})
-    for what in ("", " (incr)"):
-        for tool in ("pgsafe", "pgbackrest"):
-            c = checks.get(f"restore {tool} verified{what}")
-            if c is not None:
-                lines.append(f"- restored {tool} copy{' of the last incremental, after the delta restores' if what else ''}"
-                             f" started, recovered and promoted; data "
-                             f"{'matches the source' if c.get('ok') else 'DID NOT CHECK OUT: ' + str(c)}")
-    pb = results.get("incr_pgbench")
-    if pb:
-        lines.append(f"- before each incremental round: pgbench -n -c4 -j2 -T{results.get('incr_seconds')} on the "
-                     f"dataset (tps {', '.join(str(x['tps']) for x in pb)}); each tool's incremental is relative "
-                     "to its previous backup (round 1: the last full; then the previous incremental), so the "
-                     f"chain restored is full + {len(pb)} incrementals")
-    if results["anomalies"]:
-        lines += ["", "Anomalies recorded by this run:", ""]
-        lines += [f"- {x}" for x in results["anomalies"]]
-    return "\n".join(lines)
-
-
-def write_doc(table: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    block = f"{BEGIN}\n{table}\n{END}"
-    if DOC.exists() and BEGIN in DOC.read_text():
-        text = DOC.read_text()
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1] if END in rest else ""
-        DOC.write_text(head + block + tail)
-    else:
-        DOC.write_text("# Performance\n\nProduced by `bench/run`; the part between the markers is rewritten "
-                       "by each run.\n\n" + block + "\n")
 
 
 def _os_release() -> str:
@@ -1420,7 +1007,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (bench/run): PostgreSQL is started as the postgres user", file=sys.stderr)
         return 2
-    WORK = Path(args.workdir).resolve()
+    WORK = timing.WORK = Path(args.workdir).resolve()
     Bench(args).run()
     return 0
 

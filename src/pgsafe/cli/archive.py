@@ -28,17 +28,11 @@ def add_parser(sub: Any, name: str) -> None:
         p.set_defaults(run=run_get)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from pgsafe.config import load_config
-
-    config = load_config(args.config)
-    return config, config.cluster(args.cluster)
-
-
 def run_push(args: argparse.Namespace) -> int:
+    from pgsafe.cli.common import load
     from pgsafe.ops.archive import archive_push
 
-    config, cluster = _load(args)
+    config, cluster = load(args)
     r = archive_push(config, cluster, args.path)
     state = "already in every repository" if r.already_archived else "archived"
     sys.stdout.write(f"pgsafe archive-push: {r.name} {state} in {r.seconds * 1000:.0f} ms\n")
@@ -52,12 +46,13 @@ FATAL_FOR_POSTGRES = 126
 
 
 def run_get(args: argparse.Namespace) -> int:
+    from pgsafe.cli.common import load
     from pgsafe.cli.main import report_error
     from pgsafe.errors import NotFound, PgsafeError
     from pgsafe.ops.archive import archive_get
 
     try:
-        config, cluster = _load(args)
+        config, cluster = load(args)
         archive_get(config, cluster, args.name, args.dest)
     except NotFound:
         raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,8 @@ def add_output(parser: argparse.ArgumentParser) -> None:
 
 
 def print_json(doc: Any) -> None:
+    import json
+
     json.dump(doc, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
 

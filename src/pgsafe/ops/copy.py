@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from pgsafe import codec
 from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import IntegrityError
+from pgsafe.policy.retention import ancestors
 from pgsafe.repo.manifest import FileEntry, Patch, Ref, entries
 from pgsafe.repo.repository import Repository, open_repository
 
@@ -56,28 +57,14 @@ def copy_locked(source: Repository, target: Repository, cluster: str, jobs: int,
             result.wal_copied += 1
             result.bytes_written += size
     copied = {b["id"] for b in target.catalog(cluster)}
-    wanted = {only} | _needed_by(source, cluster, only) if only is not None else None
-    for backup in source.catalog(cluster):
+    catalog = source.catalog(cluster)
+    wanted = {only} | ancestors(catalog, {only}) if only is not None else None
+    for backup in catalog:
         if backup["id"] in copied or (wanted is not None and backup["id"] not in wanted):
             continue
         result.bytes_written += _copy_backup(source, target, cluster, backup["id"], jobs)
         result.backups_copied.append(backup["id"])
     return result
-
-
-def _needed_by(repo: Repository, cluster: str, backup_id: str) -> set[str]:
-    by_id = {b["id"]: b for b in repo.catalog(cluster)}
-    out: set[str] = set()
-    todo = [backup_id]
-    while todo:
-        b = by_id.get(todo.pop())
-        if b is None:
-            continue
-        for dep in set(b.get("references") or []) | ({b["parent"]} if b.get("parent") else set()):
-            if dep not in out:
-                out.add(dep)
-                todo.append(dep)
-    return out
 
 
 def _copy_wal(source: Repository, target: Repository, cluster: str, name: str) -> int:

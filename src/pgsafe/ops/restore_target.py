@@ -34,12 +34,13 @@ def backup_before_restore_point(repo: Repository, cluster: str, catalog: list[di
     """The newest backup that ends before the restore point, found by reading the
     archived WAL after each backup, newest first. None (the newest backup) when the
     point is not found: recovery will say so."""
-    from pgsafe.pg.waldump import restore_points, server_binary
+    from pgsafe.pg.tools import find_tool
+    from pgsafe.pg.waldump import restore_points
 
     if not catalog:
         return None
     ident = repo.cluster_identity(cluster)
-    waldump = server_binary("pg_waldump", ident.pg_version)
+    waldump = find_tool("pg_waldump", ident.major)
     seg_size = ident.wal_segment_size
     archived = set(repo.wal_files(cluster))
     end = None  # scan [backup stop, previous backup stop) intervals

@@ -61,6 +61,21 @@ def dependencies(backup: dict[str, Any]) -> set[str]:
     return deps
 
 
+def ancestors(catalog: list[dict[str, Any]], ids: set[str]) -> set[str]:
+    """Every backup that the given ones need, directly or through others."""
+    by_id = {b["id"]: b for b in catalog}
+    found: set[str] = set()
+    todo = list(ids)
+    while todo:
+        b = by_id.get(todo.pop())
+        if b is None:
+            continue
+        for dep in dependencies(b) - found:
+            found.add(dep)
+            todo.append(dep)
+    return found
+
+
 def dependents(catalog: list[dict[str, Any]], backup_id: str) -> list[str]:
     """Every backup that needs backup_id, directly or through others, oldest first."""
     found: set[str] = {backup_id}
@@ -105,16 +120,7 @@ def plan_expiry(catalog: list[dict[str, Any]], policy: RetentionPolicy, pinned: 
         if gone:
             reasons[b["id"]] = f"depends on expired backup {gone[0]}"
     # pinned backups, and what they need, stay
-    keep = set(pinned)
-    by_id = {b["id"]: b for b in catalog}
-    todo = list(pinned)
-    while todo:
-        b = by_id.get(todo.pop())
-        if b is None:
-            continue
-        for dep in dependencies(b) - keep:
-            keep.add(dep)
-            todo.append(dep)
+    keep = set(pinned) | ancestors(catalog, pinned)
     return [Expiry(b["id"], reasons[b["id"]]) for b in catalog if b["id"] in reasons and b["id"] not in keep]
 
 
