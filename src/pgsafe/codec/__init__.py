@@ -82,13 +82,19 @@ def read_header(data: bytes | memoryview) -> Header:
 _local = threading.local()  # compressors are not safe to share between threads
 
 
+# From this size up (a WAL segment), content is compressed on two threads: zstd cuts it
+# into jobs and the one call takes about half the time.
+THREADED_FROM = 8 << 20
+
+
 def _zstd_one_shot(level: int, data: bytes | memoryview) -> bytes:
     import zstandard
 
-    cache: dict[int, Any] = _local.__dict__.setdefault("zstd", {})
-    if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level)
-    return bytes(cache[level].compress(data))
+    threads = 2 if len(data) >= THREADED_FROM else 0
+    cache: dict[tuple[int, int], Any] = _local.__dict__.setdefault("zstd", {})
+    if (level, threads) not in cache:
+        cache[level, threads] = zstandard.ZstdCompressor(level=level, threads=threads)
+    return bytes(cache[level, threads].compress(data))
 
 
 def _compressor(compression: str, level: int) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:

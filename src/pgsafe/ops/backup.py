@@ -17,11 +17,11 @@ from pgsafe import codec
 from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import BackupFailed, IntegrityError
 from pgsafe.ops.expire import expire_locked, policy_of
-from pgsafe.ops.filecopy import FileCopier, Parent, encode_blockmap
+from pgsafe.ops.filecopy import FileCopier, Parent
 from pgsafe.pg import backup_api, wal
 from pgsafe.pg.conn import ServerInfo, connect, server_info
-from pgsafe.pg.datadir import scan_data_directory
-from pgsafe.repo.manifest import FileEntry, entries
+from pgsafe.pg.datadir import DataDirectory
+from pgsafe.repo.manifest import ManifestWriter, entries
 from pgsafe.repo.repository import ClusterIdentity, Repository, open_repository
 
 Progress = Callable[[int, int], None]
@@ -74,45 +74,49 @@ def run_backup(
             # what an incremental or differential builds on
             backup_type, parent = _parent(repo, cluster.name, backup_type, notices)
             backup_id = _new_backup_id(repo, cluster.name, backup_type)
-            copier = FileCopier(repo, repo_config, cluster.name, backup_id, info.data_checksums,
-                                jobs or os.cpu_count() or 2, progress, parent)
-            start = backup_api.start_backup(conn, f"pgsafe {backup_id}", info.version_num, fast_checkpoint)
-            try:
-                # copy every file while the server keeps running
-                sources, directories, tablespaces, owner = scan_data_directory(cluster.pgdata, info.version_num)
-                copier.start_lsn = start.lsn
-                files = copier.copy(sources)
-                stop = backup_api.stop_backup(conn, info.version_num)
-            except BaseException:
-                _abort_quietly(conn)
-                try:  # best effort: what is left is garbage the next run collects
-                    repo.remove_prefix(repo.backup_prefix(cluster.name, backup_id))
-                except Exception:
-                    pass
-                raise
-        finally:
+        except BaseException:
             conn.close()
-        # backup_label and tablespace_map belong to the backup, never to PGDATA
-        made = int(time.time())
-        extra = [("backup_label", stop.backup_label.encode(), 0o600, made)]
-        if stop.tablespace_map:
-            extra.append(("tablespace_map", stop.tablespace_map.encode(), 0o600, made))
-        files += [e for e in copier.write_bundle(extra) if e is not None]
-        # complete only when every WAL segment from start to stop is archived and intact
-        segments = wal.backup_segments(start.timeline, start.lsn, stop.lsn, info.wal_segment_size)
-        _wait_for_wal(repo, cluster, segments)
-        # block maps, manifest, then the catalog entry: the commit point
-        files, blockmap = encode_blockmap(sorted(files, key=lambda e: e.path), copier.block_digests)
-        repo.write_blockmap(cluster.name, backup_id, blockmap)
-        manifest = _manifest(backup_id, backup_type, parent, info, start, stop, segments, files, copier,
-                             directories, tablespaces, owner, repo_config)
-        repo.commit_backup(cluster.name, manifest)
+            raise
+        datadir = DataDirectory(cluster.pgdata, info.version_num)
+        manifest = repo.manifest_writer(cluster.name, backup_id)
+        copier = FileCopier(repo, repo_config, cluster.name, backup_id, cluster.pgdata, manifest,
+                            info.data_checksums, jobs or os.cpu_count() or 2, progress, parent)
+        try:
+            try:
+                start = backup_api.start_backup(conn, f"pgsafe {backup_id}", info.version_num, fast_checkpoint)
+                # copy every file while the server keeps running
+                copier.start_lsn = start.lsn
+                copier.copy(datadir.files())
+                stop = backup_api.stop_backup(conn, info.version_num)
+            finally:
+                conn.close()  # a non-exclusive backup that did not stop ends with its session
+            # backup_label and tablespace_map belong to the backup, never to PGDATA
+            made = int(time.time())
+            extra = [("backup_label", stop.backup_label.encode(), 0o600, made)]
+            if stop.tablespace_map:
+                extra.append(("tablespace_map", stop.tablespace_map.encode(), 0o600, made))
+            copier.write_bundle(extra)
+            # complete only when every WAL segment from start to stop is archived and intact
+            segments = wal.backup_segments(start.timeline, start.lsn, stop.lsn, info.wal_segment_size)
+            _wait_for_wal(repo, cluster, segments)
+            # block map, manifest, then the catalog entry: the commit point
+            repo.write_blockmap(cluster.name, backup_id, bytes(copier.blockmap))
+            header = _manifest_header(backup_id, backup_type, parent, info, start, stop, segments, manifest,
+                                      copier, datadir, repo_config)
+        except BaseException:
+            manifest.abort()
+            try:  # best effort: what is left is garbage the next run collects
+                repo.remove_prefix(repo.backup_prefix(cluster.name, backup_id))
+            except Exception:
+                pass
+            raise
+        repo.commit_backup(cluster.name, header, manifest)
         # retention runs after each successful backup
         expired = expire_locked(repo, cluster.name, policy_of(repo_config))
     return BackupResult(
-        id=backup_id, type=backup_type, parent=manifest["parent"], size=manifest["size"],
-        stored_size=manifest["stored_size"], file_count=len(files), start_lsn=manifest["start_lsn"],
-        stop_lsn=manifest["stop_lsn"], wal_start=segments[0], wal_stop=segments[-1],
+        id=backup_id, type=backup_type, parent=header["parent"], size=header["size"],
+        stored_size=header["stored_size"], file_count=header["file_count"], start_lsn=header["start_lsn"],
+        stop_lsn=header["stop_lsn"], wal_start=segments[0], wal_stop=segments[-1],
         duration=time.monotonic() - started, checksum_errors=copier.checksum_errors,
         removed_leftovers=removed, notices=notices,
         expired=[e.backup_id for e in expired.backups], wal_expired=len(expired.wal_removed),
@@ -158,13 +162,6 @@ def _new_backup_id(repo: Repository, cluster: str, backup_type: str) -> str:
         time.sleep(0.2)
 
 
-def _abort_quietly(conn: Any) -> None:
-    try:
-        conn.close()  # a non-exclusive backup ends with its session
-    except Exception:
-        pass
-
-
 def _wait_for_wal(repo: Repository, cluster: ClusterConfig, segments: list[str]) -> None:
     """PostgreSQL archives the backup's WAL through archive-push; wait for it, then
     prove every segment intact."""
@@ -182,7 +179,9 @@ def _wait_for_wal(repo: Repository, cluster: ClusterConfig, segments: list[str])
         time.sleep(0.1)
     for segment in segments:
         try:
-            repo.codec.decode(repo.storage.read(repo.wal_key(cluster.name, segment)))
+            with repo.storage.open(repo.wal_key(cluster.name, segment)) as src:
+                for _ in repo.codec.decode_chunks(iter(lambda: src.read(codec.CHUNK), b"")):
+                    pass  # decoding to the end proves the digest
         except codec.CodecError as exc:
             raise IntegrityError(f"archived WAL segment {segment} is damaged: {exc}") from None
 
@@ -191,17 +190,17 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _manifest(backup_id: str, backup_type: str, parent: Parent | None, info: ServerInfo,
-              start: backup_api.BackupStart, stop: backup_api.BackupStop, segments: list[str],
-              files: list[FileEntry], copier: FileCopier, directories: list[dict[str, Any]],
-              tablespaces: list[dict[str, Any]], owner: dict[str, Any], repo_config: RepoConfig) -> dict[str, Any]:
-    references = sorted(set().union(*(f.referenced_backups() for f in files)) - {backup_id}) if files else []
+def _manifest_header(backup_id: str, backup_type: str, parent: Parent | None, info: ServerInfo,
+                     start: backup_api.BackupStart, stop: backup_api.BackupStop, segments: list[str],
+                     manifest: ManifestWriter, copier: FileCopier, datadir: DataDirectory,
+                     repo_config: RepoConfig) -> dict[str, Any]:
+    """Every field of the manifest but its file list, which is already written."""
     return {
         "format": 1,
         "id": backup_id,
         "type": backup_type,
         "parent": parent.id if parent else None,
-        "references": references,
+        "references": sorted(manifest.references - {backup_id}),
         "system_identifier": str(info.system_identifier),
         "pg_version": info.version_num,
         "wal_segment_size": info.wal_segment_size,
@@ -217,13 +216,12 @@ def _manifest(backup_id: str, backup_type: str, parent: Parent | None, info: Ser
         "data_checksums": info.data_checksums,
         "checksum_errors": copier.checksum_errors,
         "compression": repo_config.compression,
-        "size": sum(f.size for f in files),
+        "size": manifest.size,
         "stored_size": copier.stored_size,
-        "file_count": len(files),
-        "tablespaces": tablespaces,
-        "owner": owner,
-        "directories": directories,
-        "files": [f.as_dict() for f in files],
+        "file_count": manifest.file_count,
+        "tablespaces": datadir.tablespaces,
+        "owner": datadir.owner,
+        "directories": datadir.directories,
     }
 
 

@@ -102,14 +102,19 @@ def _copy_backup(source: Repository, target: Repository, cluster: str, backup_id
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pgsafe-copy") as pool:
         for mapping in pool.map(copy_object, sorted(own)):
             translate.update(mapping)
-    new_files = [_translated(f, translate) for f in files]
     blockmap = source.read_blockmap(cluster, backup_id)
     target.write_blockmap(cluster, backup_id, blockmap)
-    copied = dict(manifest)
-    copied["files"] = [f.as_dict() for f in new_files]
-    copied["stored_size"] = written[0]
-    copied["compression"] = target.codec.compression
-    target.commit_backup(cluster, copied)
+    header = {k: v for k, v in manifest.items() if k != "files"}
+    header["stored_size"] = written[0]
+    header["compression"] = target.codec.compression
+    copied = target.manifest_writer(cluster, backup_id)
+    try:
+        for f in files:
+            copied.add(_translated(f, translate))
+    except BaseException:
+        copied.abort()
+        raise
+    target.commit_backup(cluster, header, copied)
     return written[0]
 
 

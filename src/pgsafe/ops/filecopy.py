@@ -6,15 +6,19 @@ compares content digests with the parent backup, never trusting size, mtime or p
 LSNs: a small file is kept by reference when its XXH3-128 digest is the parent's; a
 large file is compared block by block (128 KiB) with the parent's block map and only
 the runs of changed blocks are stored, as patches over the parent's content.
-Memory: about jobs x 2 chunks of 4 MiB, plus 16 bytes per block of large files.
+Entries go into the manifest as each file is stored, and the walk of the data
+directory is consumed as copying goes on, so memory does not grow with the number of
+files: about jobs x 2 chunks of 4 MiB (or bundles of 16 MiB), plus 16 bytes per block
+of large files.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator
 
 import xxhash
 
@@ -22,7 +26,7 @@ from pgsafe import codec
 from pgsafe.config import RepoConfig
 from pgsafe.pg import page
 from pgsafe.pg.datadir import SourceFile
-from pgsafe.repo.manifest import BLOCK_SIZE, DIGEST_SIZE, FileEntry, Patch, Ref, block_count
+from pgsafe.repo.manifest import BLOCK_SIZE, DIGEST_SIZE, FileEntry, ManifestWriter, Patch, Ref, block_count
 from pgsafe.repo.repository import Repository
 
 Progress = Callable[[int, int], None]
@@ -44,9 +48,15 @@ class Parent:
 
 
 class FileCopier:
-    def __init__(self, repo: Repository, config: RepoConfig, cluster: str, backup_id: str,
-                 data_checksums: bool, jobs: int, progress: Progress | None, parent: Parent | None) -> None:
+    """Copies files of `root` into backup `backup_id`, each entry into `manifest`; the
+    block digests of large files gather in `blockmap`."""
+
+    def __init__(self, repo: Repository, config: RepoConfig, cluster: str, backup_id: str, root: str,
+                 manifest: ManifestWriter, data_checksums: bool, jobs: int, progress: Progress | None,
+                 parent: Parent | None) -> None:
         self.repo = repo
+        self.root = root
+        self.manifest = manifest
         self.config = config
         self.cluster = cluster
         self.backup_id = backup_id
@@ -57,11 +67,12 @@ class FileCopier:
         self.start_lsn = 0
         self.checksum_errors: list[dict[str, Any]] = []
         self.stored_size = 0
-        self.block_digests: dict[str, list[bytes]] = {}
+        self.blockmap = bytearray()
         self._lock = threading.Lock()
         self._next_object = 0
         self._done = 0
         self._total = 0
+        self._walked = False
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -73,9 +84,9 @@ class FileCopier:
     def _advance(self, n: int) -> None:
         with self._lock:
             self._done += n
-            done, total = self._done, self._total
+            done, total = self._done, self._total if self._walked else 0
         if self.progress is not None:
-            self.progress(done, total)
+            self.progress(done, total)  # total 0: not known yet, the walk goes on
 
     def _stored(self, n: int) -> None:
         with self._lock:
@@ -86,43 +97,56 @@ class FileCopier:
 
     # -- the pool ---------------------------------------------------------------
 
-    def copy(self, sources: list[SourceFile]) -> list[FileEntry]:
-        self._total = sum(s.size for s in sources)
+    def copy(self, sources: Iterable[SourceFile]) -> None:
+        """Small files are bundled in the order they come, and copied while the walk goes
+        on (at most jobs x 2 tasks wait); large files after it, largest first, so that
+        the last ones to finish are short."""
         limit, bundle_size = self.config.bundle_limit, self.config.bundle_size
-        large = sorted((s for s in sources if s.size >= limit), key=lambda s: -s.size)
-        small = sorted((s for s in sources if s.size < limit), key=lambda s: s.path)
-        tasks: list[Callable[[], list[FileEntry | None]]] = [lambda s=s: [self._store_large(s)] for s in large]
-        bundle: list[SourceFile] = []
-        bundle_bytes = 0
-        for s in small:
-            bundle.append(s)
-            bundle_bytes += s.size
-            if bundle_bytes >= bundle_size:
-                tasks.append(lambda b=bundle: self._store_bundle(b))
-                bundle, bundle_bytes = [], 0
-        if bundle:
-            tasks.append(lambda b=bundle: self._store_bundle(b))
-        results: list[FileEntry] = []
+        large: list[SourceFile] = []
+        pending: set[Future[None]] = set()
+
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="pgsafe-copy") as pool:
-            futures = [pool.submit(t) for t in tasks]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for f in futures:
-                if f.done() and f.exception() is not None:
-                    for other in futures:
-                        other.cancel()
-                    raise f.exception()  # type: ignore[misc]
-            for f in futures:
-                results.extend(e for e in f.result() if e is not None)
-        return results
+            def submit(task: Callable[[], None]) -> None:
+                nonlocal pending
+                while len(pending) >= self.jobs * 2:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    _raise_first(done, pending)
+                pending.add(pool.submit(task))
+
+            bundle: list[SourceFile] = []
+            bundle_bytes = 0
+            for s in sources:
+                with self._lock:
+                    self._total += s.size
+                if s.size >= limit:
+                    large.append(s)
+                    continue
+                bundle.append(s)
+                bundle_bytes += s.size
+                if bundle_bytes >= bundle_size:
+                    submit(partial(self._store_bundle, bundle))
+                    bundle, bundle_bytes = [], 0
+            if bundle:
+                submit(partial(self._store_bundle, bundle))
+            with self._lock:
+                self._walked = True
+            for s in sorted(large, key=lambda s: -s.size):
+                submit(partial(self._store_large, s))
+            done, _ = wait(pending)
+            _raise_first(done, set())
 
     # -- small files: whole-file digests, bundled -------------------------------
 
-    def _store_bundle(self, sources: list[SourceFile]) -> list[FileEntry | None]:
-        out: list[FileEntry | None] = []
-        to_store: list[tuple[SourceFile, bytes]] = []
+    def _store_bundle(self, sources: list[SourceFile]) -> None:
+        self.write_bundle(self._changed(sources))
+
+    def _changed(self, sources: list[SourceFile]) -> Iterator[tuple[str, bytes, int, int]]:
+        """Read each file; those the parent holds identically go to the manifest by
+        reference, the others come out to be stored."""
         for source in sources:
+            abs_path = os.path.join(self.root, source.path)
             try:
-                with open(source.abs_path, "rb") as f:
+                with open(abs_path, "rb") as f:
                     data = f.read()
             except FileNotFoundError:  # dropped while we ran: WAL replay removes it anyway
                 continue
@@ -130,44 +154,52 @@ class FileCopier:
                 self._advance(source.size)
             first_block = page.relation_first_block(source.path) if self.data_checksums else None
             if first_block is not None and data:
-                self._verify_pages(source.abs_path, source.path, data, 0, first_block)
+                self._verify_pages(abs_path, source.path, data, 0, first_block)
             parent = self._parent_entry(source.path)
             if parent is not None and not parent.is_large and parent.ref is not None \
                     and parent.size == len(data) and parent.checksum == xxhash.xxh3_128_hexdigest(data):
-                out.append(FileEntry(source.path, len(data), source.mode, int(source.mtime),
-                                     parent.checksum, parent.ref))
+                self.manifest.add(FileEntry(source.path, len(data), source.mode, source.mtime,
+                                            parent.checksum, parent.ref))
                 continue
-            to_store.append((source, data))
-        out.extend(self.write_bundle([(s.path, d, s.mode, int(s.mtime)) for s, d in to_store]))
-        return out
+            yield source.path, data, source.mode, source.mtime
 
-    def write_bundle(self, items: list[tuple[str, bytes, int, int]]) -> list[FileEntry | None]:
-        """Files given whole (path, content, mode, mtime) -> one object of envelopes."""
-        if not items:
-            return []
-        number = self._object_number()
-        out: list[FileEntry | None] = []
-        with self.repo.storage.writer(self.repo.data_key(self.cluster, self.backup_id, number)) as writer:
+    def write_bundle(self, items: Iterable[tuple[str, bytes, int, int]]) -> None:
+        """Files given whole (path, content, mode, mtime) -> one object of envelopes,
+        written as they come; no object when there is nothing to store."""
+        writer = None
+        stored: list[FileEntry] = []
+        try:
             for path, data, mode, mtime in items:
+                if writer is None:
+                    number = self._object_number()
+                    writer = self.repo.storage.writer(self.repo.data_key(self.cluster, self.backup_id, number))
                 blob, digest = self.repo.codec.encode(data)
-                out.append(FileEntry(path, len(data), mode, mtime, digest,
-                                     Ref(self.backup_id, number, writer.tell(), len(blob))))
+                stored.append(FileEntry(path, len(data), mode, mtime, digest,
+                                        Ref(self.backup_id, number, writer.tell(), len(blob))))
                 writer.write(blob)
+            if writer is None:
+                return
             length = writer.tell()
             writer.commit()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         self._stored(length)
-        return out
+        for entry in stored:  # in the manifest only once the object holding them is
+            self.manifest.add(entry)
 
     # -- large files: block maps, a base stream or patches ----------------------
 
-    def _store_large(self, source: SourceFile) -> FileEntry | None:
+    def _store_large(self, source: SourceFile) -> None:
         parent = self._parent_entry(source.path)
         base_digests = self.parent.digests(parent) if parent is not None and parent.is_large and self.parent else None
+        abs_path = os.path.join(self.root, source.path)
         try:
-            fd = os.open(source.abs_path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(abs_path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:  # dropped while we ran: WAL replay removes it anyway
             self._advance(source.size)
-            return None
+            return
         number = self._object_number()
         writer = self.repo.storage.writer(self.repo.data_key(self.cluster, self.backup_id, number))
         try:
@@ -183,7 +215,7 @@ class FileCopier:
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as src:
                 while chunk := read_full(src, codec.CHUNK):
                     if first_block is not None:
-                        self._verify_pages(source.abs_path, source.path, chunk, offset, first_block, fd)
+                        self._verify_pages(abs_path, source.path, chunk, offset, first_block, fd)
                     whole.update(chunk)
                     view = memoryview(chunk)
                     chunk_digests = [xxhash.xxh3_128_digest(view[i:i + BLOCK_SIZE])
@@ -219,9 +251,10 @@ class FileCopier:
         finally:
             os.close(fd)
         with self._lock:
-            self.block_digests[source.path] = digests
-        return FileEntry(source.path, offset, source.mode, int(source.mtime), whole.hexdigest(), ref,
-                         (0, len(digests)), patches)
+            first = len(self.blockmap) // DIGEST_SIZE
+            self.blockmap += b"".join(digests)
+        self.manifest.add(FileEntry(source.path, offset, source.mode, source.mtime, whole.hexdigest(), ref,
+                                    (first, len(digests)), patches))
 
     def _write_patches(self, writer: Any, number: int, chunk: bytes, first_index: int,
                        chunk_digests: list[bytes], base_digests: list[bytes]) -> list[Patch]:
@@ -300,16 +333,10 @@ def _still_needed(old: list[Patch], new: list[Patch], nblocks: int) -> list[Patc
     return [p for p in old if any(b < nblocks and b not in covered for b in range(p.block, p.block + p.count))]
 
 
-def encode_blockmap(entries: list[FileEntry], digests: dict[str, list[bytes]]) -> tuple[list[FileEntry], bytes]:
-    """Lay out every large file's digests in one buffer; entries point into it."""
-    parts: list[bytes] = []
-    index = 0
-    for entry in entries:
-        if entry.blockmap is None:
-            continue
-        file_digests = digests.get(entry.path, [])
-        entry.blockmap = (index, len(file_digests))
-        parts.extend(file_digests)
-        index += len(file_digests)
-    return entries, b"".join(parts)
-
+def _raise_first(done: set[Future[None]], pending: set[Future[None]]) -> None:
+    """The first failure of a task ends the copy: the rest are cancelled."""
+    for f in done:
+        if f.exception() is not None:
+            for other in pending:
+                other.cancel()
+            raise f.exception()  # type: ignore[misc]

@@ -73,21 +73,23 @@ def run_verify(cluster: ClusterConfig, repo_config: RepoConfig, *, set_id: str |
         raise NoBackup(f"no backup {set_id!r}; `pgsafe info` lists the backups")
     ident = repo.cluster_identity(cluster.name)
     wal_names = repo.wal_files(cluster.name)
-    tasks: list[Callable[[], None]] = []
-    for backup in selected:
-        tasks.extend(_backup_tasks(repo, cluster.name, backup, problem, count))
-        tasks.append(lambda b=backup: _check_backup_wal(b, set(wal_names), ident.wal_segment_size, problem))
-    for dump in dumps:
-        tasks.extend(_dump_tasks(repo, cluster.name, dump, problem, count))
     check_all_wal = set_id is None
-    for name in wal_names if check_all_wal else _backup_wal_names(selected, ident.wal_segment_size):
-        tasks.append(lambda n=name: _check_wal_file(repo, cluster.name, n, problem, count))
     if check_all_wal:
         for gap in wal_gaps(wal_names, catalog, ident.wal_segment_size, _histories(repo, cluster.name, wal_names)):
             problem("wal-gap", gap)
     with ThreadPoolExecutor(max(1, jobs or os.cpu_count() or 2), thread_name_prefix="pgsafe-verify") as pool:
-        for fut in [pool.submit(t) for t in tasks]:
-            fut.result()
+        def run(tasks: list[Callable[[], None]]) -> None:
+            for fut in [pool.submit(t) for t in tasks]:
+                fut.result()
+
+        # one backup at a time: only its manifest is held in memory
+        for backup in selected:
+            run(_backup_tasks(repo, cluster.name, backup, problem, count)
+                + [lambda b=backup: _check_backup_wal(b, set(wal_names), ident.wal_segment_size, problem)])
+        for dump in dumps:
+            run(_dump_tasks(repo, cluster.name, dump, problem, count))
+        run([lambda n=name: _check_wal_file(repo, cluster.name, n, problem, count)
+             for name in (wal_names if check_all_wal else _backup_wal_names(selected, ident.wal_segment_size))])
     result.backups_checked = len(selected)
     result.dumps_checked = len(dumps)
     result.problems.sort(key=lambda p: (p.kind, p.backup or "", p.path or "", p.detail))

@@ -10,6 +10,8 @@ See docs/FORMAT.md, "Manifest".
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,3 +96,44 @@ def block_digests(data: bytes | memoryview) -> list[bytes]:
 
 def entries(manifest: dict[str, Any]) -> list[FileEntry]:
     return [FileEntry.from_dict(f) for f in manifest["files"]]
+
+
+class ManifestWriter:
+    """A backup's manifest written out while its files are copied: each entry is
+    encoded and streamed into the object as it comes, so memory does not grow with
+    the number of files. The document reads as one JSON object, `files` first; the
+    rest (`finish`) is known only at the end. Thread-safe."""
+
+    def __init__(self, writer: Any, encoder: Any) -> None:
+        self._writer = writer
+        self._encoder = encoder
+        self._lock = threading.Lock()
+        self.file_count = 0
+        self.size = 0
+        self.references: set[str] = set()
+        writer.write(encoder.header)
+        self._put(b'{"files":[')
+
+    def _put(self, data: bytes) -> None:
+        self._writer.write(self._encoder.update(data))
+
+    def add(self, entry: FileEntry) -> None:
+        text = json.dumps(entry.as_dict(), separators=(",", ":")).encode()
+        with self._lock:
+            self._put(b"," + text if self.file_count else text)
+            self.file_count += 1
+            self.size += entry.size
+            self.references |= entry.referenced_backups()
+
+    def finish(self, header: dict[str, Any]) -> str:
+        """Close the document with the other fields and store it; returns the XXH3-128
+        (hex) of the whole document, which the catalog entry keeps."""
+        rest = json.dumps(header, separators=(",", ":")).encode()
+        with self._lock:
+            self._put(b"]," + rest[1:] if header else b"]}")
+            self._writer.write(self._encoder.finish())
+            self._writer.commit()
+        return self._encoder.digest.hexdigest()
+
+    def abort(self) -> None:
+        self._writer.abort()

@@ -24,12 +24,17 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+import xxhash
 
 from pgsafe import codec
 from pgsafe.repo import keys
 from pgsafe.errors import ClusterMismatch, IntegrityError, LockedError, NoBackup, RepositoryError
 from pgsafe.storage import Storage, StorageError, open_storage
+
+if TYPE_CHECKING:
+    from pgsafe.repo.manifest import ManifestWriter
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "pgsafe.json"
@@ -218,12 +223,18 @@ class Repository:
         except codec.CodecError as exc:
             raise IntegrityError(f"backup {backup_id}: block map is damaged: {exc}") from None
 
-    def commit_backup(self, cluster: str, manifest: dict[str, Any]) -> None:
-        """Write the manifest, then the catalog entry (the manifest without its file
-        and directory lists): the single commit point."""
-        backup_id = manifest["id"]
-        summary = {k: v for k, v in manifest.items() if k not in ("files", "directories")}
-        self.write_json(f"{self.backup_prefix(cluster, backup_id)}/manifest", manifest)
+    def manifest_writer(self, cluster: str, backup_id: str) -> ManifestWriter:
+        from pgsafe.repo.manifest import ManifestWriter
+
+        return ManifestWriter(self.storage.writer(f"{self.backup_prefix(cluster, backup_id)}/manifest"),
+                              self.codec.encoder())
+
+    def commit_backup(self, cluster: str, header: dict[str, Any], manifest: ManifestWriter) -> None:
+        """Complete the manifest, then write the catalog entry (the manifest's fields
+        but its file and directory lists, plus its digest): the single commit point."""
+        backup_id = header["id"]
+        summary = {k: v for k, v in header.items() if k != "directories"}
+        summary["manifest_checksum"] = manifest.finish(header)
         if not self.write_json(f"{self.cluster_prefix(cluster)}/catalog/{backup_id}.json", summary, overwrite=False):
             raise RepositoryError(f"backup id {backup_id} is already in the catalog of repository {self.name!r}")
 
@@ -235,13 +246,25 @@ class Repository:
         return sorted(entries, key=lambda e: (e["start_time"], e["id"]))
 
     def manifest(self, cluster: str, backup_id: str) -> dict[str, Any]:
-        if self.storage.stat(f"{self.cluster_prefix(cluster)}/catalog/{backup_id}.json") is None:
-            raise NoBackup(f"no backup {backup_id!r} of cluster {cluster!r} in repository {self.name!r}; "
-                           "`pgsafe info` lists them")
+        """A backup's manifest, proven intact by the digest its catalog entry keeps."""
         try:
-            return self.read_json(f"{self.backup_prefix(cluster, backup_id)}/manifest")
+            summary = self.read_json(f"{self.cluster_prefix(cluster)}/catalog/{backup_id}.json")
+        except FileNotFoundError:
+            raise NoBackup(f"no backup {backup_id!r} of cluster {cluster!r} in repository {self.name!r}; "
+                           "`pgsafe info` lists them") from None
+        key = f"{self.backup_prefix(cluster, backup_id)}/manifest"
+        try:
+            text = self.codec.decode(self.storage.read(key))
         except FileNotFoundError:
             raise IntegrityError(f"backup {backup_id}: manifest is missing") from None
+        except codec.CodecError as exc:
+            raise IntegrityError(f"backup {backup_id}: manifest is damaged: {exc}") from None
+        if xxhash.xxh3_128_hexdigest(text) != summary.get("manifest_checksum"):
+            raise IntegrityError(f"backup {backup_id}: manifest is damaged (its digest is not the catalog's)")
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise IntegrityError(f"backup {backup_id}: manifest is damaged: {exc}") from None
 
     def delete_backup(self, cluster: str, backup_id: str) -> None:
         """Un-commit first (the catalog entry), then remove the data: a crash in between
