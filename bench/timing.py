@@ -45,11 +45,11 @@ def mkdir_pg(path: Path, mode: int = 0o700) -> Path:
 
 
 def run_pg(cmd: list[str], *, check: bool = True, timeout: float = 3600, cwd: Path | None = None,
-           capture: bool = True) -> subprocess.CompletedProcess:
-    """Run an untimed helper command as the postgres user."""
+           capture: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run an untimed helper command as the postgres user (env: variables added to the usual ones)."""
     uid, gid, _ = _pg_ids()
-    res = subprocess.run(cmd, user=uid, group=gid, extra_groups=[], env=_env(), cwd=cwd or WORK,
-                         capture_output=capture, text=True, timeout=timeout)
+    res = subprocess.run(cmd, user=uid, group=gid, extra_groups=[], env={**_env(), **(env or {})},
+                         cwd=cwd or WORK, capture_output=capture, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise RuntimeError(f"command failed ({res.returncode}): {shlex.join(cmd)}\n"
                            f"{(res.stdout or '')[-2000:]}{(res.stderr or '')[-4000:]}")
@@ -121,6 +121,14 @@ class TreeSampler(threading.Thread):
         self.peak_procs = max(self.peak_procs, len(tree))
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds of one process so far: its own and that of the children it has reaped (for
+    the archiver: every archive_command it has run)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return sum(int(x) for x in stat[stat.rindex(")") + 2:].split()[11:15]) / CLK_TCK
+
+
 def postmaster_cpu(pgdata: Path) -> float:
     """CPU seconds used so far by a running cluster: the postmaster, its live children, and
     (through the postmaster's cutime/cstime) every child it has already reaped, e.g. the
@@ -148,12 +156,13 @@ def postmaster_cpu(pgdata: Path) -> float:
 
 
 SERVER_PGDATA: Path | None = None  # the bench cluster, whose CPU time each run also records
+OWN_SERVERS: set[Path] = set()  # other clusters of this bench (a restored copy while it recovers)
 
 
 def foreign_cpu_snapshot() -> dict[int, float]:
     """CPU seconds (own + reaped children) of every user-space process that is neither this
-    bench, nor the bench cluster and its descendants (archive_command included), nor a
-    kernel thread: the other sessions sharing this machine."""
+    bench, nor the bench cluster (or another of OWN_SERVERS) and its descendants
+    (archive_command included), nor a kernel thread: the other sessions sharing this machine."""
     procs: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, own ticks, reaped children's ticks)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -166,11 +175,11 @@ def foreign_cpu_snapshot() -> dict[int, float]:
         f = stat[stat.rindex(")") + 2:].split()
         procs[int(entry.name)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))
     mine = {os.getpid(), 2}
-    try:
-        if SERVER_PGDATA is not None:
-            mine.add(int((SERVER_PGDATA / "postmaster.pid").read_text().split()[0]))
-    except (OSError, ValueError, IndexError):
-        pass
+    for pgdata in OWN_SERVERS | ({SERVER_PGDATA} if SERVER_PGDATA else set()):
+        try:
+            mine.add(int((pgdata / "postmaster.pid").read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            pass
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
