@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 import statistics
 from typing import Any
@@ -10,6 +11,11 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TOOLS = ("pgsafe", "pgbackrest", "pg_basebackup")
 REFERENCE = "tar|zstd"
+
+
+def succeeded(run: dict[str, Any]) -> bool:
+    """Exit code 0, or a failure the bench expects and explains in run["rc_accepted"]."""
+    return run["rc"] == 0 or bool(run.get("rc_accepted"))
 
 
 def median(values: list[float]) -> float | None:
@@ -21,22 +27,29 @@ def median(values: list[float]) -> float | None:
 # -- summary and report -------------------------------------------------------------------
 
 
-OPS = ("full backup", "restore", "archive-push", "incr backup", "restore (full+incr)", "delta restore")
+# Rows of the main table, in order ("archive rate" has a table of its own).
+OPS = ("full backup", "restore", "archive-push", "incr backup", "restore (full+incr)", "delta restore",
+       "PITR: restore until promoted", "PITR: restore command", "PITR: recovery until promoted", "verify")
+ARCHIVE_RATE = "archive rate"
+ARCHIVE_RATE_KEYS = ("tps", "wal_mb_s", "archived_mb_s", "segments_s", "backlog_peak", "backlog_end", "drain_s",
+                     "cpu_ms_per_segment")
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for op in OPS:
+    for op in OPS + (ARCHIVE_RATE,):
         for tool in list(TOOLS) + [REFERENCE]:
             runs = [r for r in results["runs"] if r["op"] == op and r["tool"] == tool and not r.get("warmup")
                     and not r.get("discarded")]
             if not runs:
                 continue
-            ok = [r for r in runs if r["rc"] == 0]
+            ok = [r for r in runs if succeeded(r)]
             entry: dict[str, Any] = {"runs": len(runs), "failed": len(runs) - len(ok)}
             for key in ("wall_s", "cpu_s", "server_cpu_s", "machine_cpu_s", "foreign_cores", "max_rss_mb",
                         "tree_pss_peak_mb", "stored_bytes"):
                 entry[key] = median([r.get(key) for r in ok])
+            if op == ARCHIVE_RATE:
+                entry.update({key: median([r.get(key) for r in ok]) for key in ARCHIVE_RATE_KEYS})
             entry["wall_min_s"] = min((r["wall_s"] for r in ok), default=None)
             entry["wall_max_s"] = max((r["wall_s"] for r in ok), default=None)
             out[f"{op}/{tool}"] = entry
@@ -53,6 +66,10 @@ def _fmt(v: Any, unit: str = "") -> str:
     if isinstance(v, float):
         return f"{v:.2f}" if v < 100 else f"{v:.0f}"
     return str(v)
+
+
+def _mb(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -97,7 +114,12 @@ def render(results: dict[str, Any], result_path: Path) -> str:
         "*stored* bytes the run added to the repository (WAL archive not included; for pg_basebackup "
         "the tar files, WAL included); *noise* CPU used by other processes on the machine during the run, "
         "in cores on average (runs above the --max-noise limit were redone; the discarded ones are in the raw "
-        "results).",
+        "results). *PITR*: restore of the tool's latest backup into an empty directory with a target time and "
+        "action promote, then the server started until pg_is_in_recovery() is false; *until promoted* is "
+        "the whole, from the start of the restore command, its CPU the restore command's plus the copy's "
+        "server's (recovery, restore_command included), its RSS the restore command's; *restore command* "
+        "that command alone; *recovery* from the server's start to its promotion, its CPU the copy's "
+        "server's. *verify*: each tool's verify of its whole repository (every backup and the archived WAL).",
         "",
         "| operation | tool | runs ok | wall s | CPU s | server CPU s | RSS MB | tree PSS MB | stored MB | noise |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -126,6 +148,7 @@ def render(results: dict[str, Any], result_path: Path) -> str:
                      f"{_ratio(a['max_rss_mb'], b['max_rss_mb'])} | "
                      f"{_ratio(a['tree_pss_peak_mb'], b['tree_pss_peak_mb']) if op != 'archive-push' else '-'} | "
                      f"{_ratio(a['stored_bytes'], b['stored_bytes']) if 'restore' not in op else '-'} |")
+    lines += _archive_rate_table(results)
     a, b, r = s.get("full backup/pgsafe"), s.get("full backup/pg_basebackup"), s.get(f"full backup/{REFERENCE}")
     if a and b:
         lines.append(f"\nFull backup, pgsafe / pg_basebackup: wall {_ratio(a['wall_s'], b['wall_s'])}, "
@@ -141,9 +164,10 @@ def render(results: dict[str, Any], result_path: Path) -> str:
     lines.append("")
     lines.append("Per-run wall times (s):")
     lines.append("")
-    for op in ("full backup", "restore", "incr backup", "restore (full+incr)", "delta restore"):
+    for op in ("full backup", "restore", "incr backup", "restore (full+incr)", "delta restore",
+               "PITR: restore until promoted", "verify"):
         for tool in list(TOOLS) + [REFERENCE]:
-            walls = [(f"{r['wall_s']:.2f}" if r["rc"] == 0 else "FAILED")
+            walls = [(f"{r['wall_s']:.2f}" if succeeded(r) else "FAILED")
                      + (f" (discarded, noise {r['foreign_cores']:.2f})" if r.get("discarded") else "")
                      for r in results["runs"] if r["op"] == op and r["tool"] == tool]
             if walls:
@@ -161,15 +185,92 @@ def render(results: dict[str, Any], result_path: Path) -> str:
                 lines.append(f"- restored {tool} copy{' of the last incremental, after the delta restores' if what else ''}"
                              f" started, recovered and promoted; data "
                              f"{'matches the source' if c.get('ok') else 'DID NOT CHECK OUT: ' + str(c)}")
+    for tool in ("pgsafe", "pgbackrest"):
+        rates = [f"{r['archived_mb_s']} MB/s (backlog {r['backlog_end']}, drained in {r['drain_s']} s)"
+                 if r["rc"] == 0 else "FAILED" for r in results["runs"] if r["op"] == ARCHIVE_RATE and r["tool"] == tool]
+        if rates:
+            lines.append(f"- archive rate, {tool}, archived during pgbench: {', '.join(rates)}")
+    accepted = [r for r in results["runs"] if r["op"] == "verify" and r["rc"] != 0 and r.get("rc_accepted")]
+    if accepted:
+        lines.append(f"- verify: {len(accepted)} run(s) exited {accepted[0]['rc']} and count as done: "
+                     f"{accepted[0]['rc_accepted']} ({'; '.join(accepted[0].get('problems', []))})")
+    pitr = results.get("pitr")
+    if pitr:
+        copies = [r for r in results["runs"] if r["op"] == "PITR: recovery until promoted" and "markers" in r]
+        right = [r for r in copies if r["markers"] == "before"]
+        lines.append(f"- restore to time: target {pitr['target_time']}, between a marker row `before` (committed "
+                     "1 s earlier) and a marker row `after` (1 s later, after more pgbench); base backups (an "
+                     f"untimed incremental by each tool, both archiving): {pitr['base_backups']}; "
+                     f"{len(right)} of {len(copies)} promoted copies held `before` and not `after`"
+                     + ("" if len(right) == len(copies) else
+                        ": WRONG in " + ", ".join(f"{r['tool']} round {r['round']} ({r['markers']!r})"
+                                                  for r in copies if r not in right)))
     pb = results.get("incr_pgbench")
     if pb:
-        lines.append(f"- before each incremental round: pgbench -n -c4 -j2 -T{results.get('incr_seconds')} on the "
+        workload = results.get("incr_workload") or f"pgbench -n -c4 -j2 -T{results.get('incr_seconds')}"
+        lines.append(f"- before each incremental round: `{workload}` on the "
                      f"dataset (tps {', '.join(str(x['tps']) for x in pb)}); each tool's incremental is relative "
                      "to its previous backup (round 1: the last full; then the previous incremental), so the "
                      f"chain restored is full + {len(pb)} incrementals")
     if results["anomalies"]:
         lines += ["", "Anomalies recorded by this run:", ""]
         lines += [f"- {x}" for x in results["anomalies"]]
+    return "\n".join(lines)
+
+
+def _archive_rate_table(results: dict[str, Any]) -> list[str]:
+    s = results["summary"]
+    rows = [(tool, s.get(f"{ARCHIVE_RATE}/{tool}")) for tool in ("pgsafe", "pgbackrest")]
+    rows = [(tool, e) for tool, e in rows if e]
+    if not rows:
+        return []
+    lines = ["", f"Sustained WAL archiving: per round and tool (alternating), archive_command set to that tool only, "
+             f"CHECKPOINT, then `pgbench -n -c4 -j2 -T{results.get('archive_seconds')}` with synchronous_commit=off. "
+             "*generated*: WAL written per second of pgbench (pg_current_wal_lsn); *archived*: segments the "
+             "archiver finished per second of pgbench (pg_stat_archiver) x 16 MiB; *backlog*: `.ready` segments "
+             "in pg_wal/archive_status, the peak (sampled every 0.5 s) and at the end of pgbench; *drain*: time "
+             "from the end of pgbench until none is left; *CPU/segment*: CPU of the archive_command processes "
+             "(the archiver's reaped children) per segment archived; *stored*: bytes added to the WAL archive.",
+             "",
+             "| tool | runs ok | pgbench tps | generated MB/s | archived MB/s | segments/s | backlog peak | "
+             "backlog at end | drain s | CPU ms/segment | stored MB | noise |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for tool, e in rows:
+        lines.append(f"| {tool} | {e['runs'] - e['failed']}/{e['runs']} | {_fmt(e['tps'])} | {_fmt(e['wal_mb_s'])} | "
+                     f"{_fmt(e['archived_mb_s'])} | {_fmt(e['segments_s'])} | {_fmt(e['backlog_peak'])} | "
+                     f"{_fmt(e['backlog_end'])} | {_fmt(e['drain_s'])} | {_fmt(e['cpu_ms_per_segment'])} | "
+                     f"{_fmt(e['stored_bytes'], 'MB')} | {_fmt(e['foreign_cores'])} |")
+    if len(rows) == 2:
+        a, b = rows[0][1], rows[1][1]
+        lines.append(f"\nArchive rate, pgsafe / pgBackRest: archived MB/s {_ratio(a['archived_mb_s'], b['archived_mb_s'])}, "
+                     f"drain time {_ratio(a['drain_s'], b['drain_s'])}, CPU per segment "
+                     f"{_ratio(a['cpu_ms_per_segment'], b['cpu_ms_per_segment'])}.")
+    return lines
+
+
+def render_rss(paths: list[Path]) -> str:
+    """Peak RSS (and tree PSS) of each tool's full backups against the size of the dataset, one row
+    per results file, smallest dataset first: is the backup's memory flat in the data size?"""
+    rows = []
+    for path in paths:
+        results = json.loads(path.read_text())
+        s = summarize(results)
+        rows.append((results["dataset"].get("bench_db_bytes", 0), results, s, path))
+    lines = ["Peak memory of a full backup against the dataset size (medians over the rounds of each run; "
+             "*RSS* the largest single process's peak, *PSS* the peak of the tool's process tree's summed PSS).",
+             "",
+             "| dataset | database GB | pgsafe RSS MB | pgsafe PSS MB | pgBackRest RSS MB | pgBackRest PSS MB | "
+             "pg_basebackup RSS MB | runs | results |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for size, results, s, path in sorted(rows, key=lambda row: row[0]):
+        cells = []
+        for tool in ("pgsafe", "pgbackrest"):
+            e = s.get(f"full backup/{tool}") or {}
+            cells += [_mb(e.get("max_rss_mb")), _mb(e.get("tree_pss_peak_mb"))]
+        cells.append(_mb((s.get("full backup/pg_basebackup") or {}).get("max_rss_mb")))
+        runs = (s.get("full backup/pgsafe") or {}).get("runs", 0)
+        lines.append(f"| {results['dataset'].get('name')} scale {results['dataset'].get('scale')} | {size / 1e9:.2f} | "
+                     f"{' | '.join(cells)} | {runs} | `{path.name}` |")
     return "\n".join(lines)
 
 
