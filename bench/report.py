@@ -68,6 +68,11 @@ def _fmt(v: Any, unit: str = "") -> str:
     return str(v)
 
 
+def _count(v: float | None) -> str:
+    """A median of counts: whole unless it fell between two."""
+    return "-" if v is None else f"{v:g}"
+
+
 def _mb(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
@@ -237,8 +242,8 @@ def _archive_rate_table(results: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for tool, e in rows:
         lines.append(f"| {tool} | {e['runs'] - e['failed']}/{e['runs']} | {_fmt(e['tps'])} | {_fmt(e['wal_mb_s'])} | "
-                     f"{_fmt(e['archived_mb_s'])} | {_fmt(e['segments_s'])} | {_fmt(e['backlog_peak'])} | "
-                     f"{_fmt(e['backlog_end'])} | {_fmt(e['drain_s'])} | {_fmt(e['cpu_ms_per_segment'])} | "
+                     f"{_fmt(e['archived_mb_s'])} | {_fmt(e['segments_s'])} | {_count(e['backlog_peak'])} | "
+                     f"{_count(e['backlog_end'])} | {_fmt(e['drain_s'])} | {_fmt(e['cpu_ms_per_segment'])} | "
                      f"{_fmt(e['stored_bytes'], 'MB')} | {_fmt(e['foreign_cores'])} |")
     if len(rows) == 2:
         a, b = rows[0][1], rows[1][1]
