@@ -1297,8 +1297,9 @@ def snapshot_pgsafe(source: str) -> Path:
     shutil.copytree(src, own_site / "pgsafe", ignore=shutil.ignore_patterns("__pycache__"))
     (own_site / "zz_pgsafe_deps.pth").write_text(site_dir + "\n")  # after our copy on sys.path
     script = venv / "bin" / "pgsafe"
-    script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom pgsafe.cli.main import main\n"
-                      "if __name__ == '__main__':\n    sys.exit(main())\n")
+    # the same entry point as the installed console script (pyproject.toml)
+    script.write_text(f"#!{venv / 'bin' / 'python'}\nfrom pgsafe.cli.main import run\n"
+                      "if __name__ == '__main__':\n    run()\n")
     os.chmod(script, 0o755)
     subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(own_site / "pgsafe")], check=True)
     r = subprocess.run([str(venv / "bin" / "python"), "-c", "import pgsafe; print(pgsafe.__file__)"],

@@ -1,5 +1,3 @@
-import sys
+from pgsafe.cli.main import run
 
-from pgsafe.cli.main import main
-
-sys.exit(main())
+run()

@@ -82,6 +82,37 @@ def test_skewed_workload_stores_a_small_fraction(env: PgsafeEnv) -> None:
     assert table_digest(restored, "big", "id") == expected
 
 
+def file_entry(env: PgsafeEnv, backup_id: str, path: str) -> dict:
+    """The manifest entry of one file, read through pgsafe's own repository code."""
+    from pgsafe.config import RepoConfig
+    from pgsafe.repo.repository import Repository
+
+    manifest = Repository.open(RepoConfig(name="main", path=str(env.repo))).manifest("main", backup_id)
+    (entry,) = [f for f in manifest["files"] if f["path"] == path]
+    return entry
+
+
+def test_a_table_rewritten_all_over_is_stored_whole_and_a_hot_range_as_patches(env: PgsafeEnv) -> None:
+    pg = env.cluster
+    pg.sql("create table big (id int primary key, payload text)")
+    pg.sql("insert into big select g, (select string_agg(md5(random()::text || g || s), '') "
+           "from generate_series(1, 12) s) from generate_series(1, 60000) g")
+    pg.sql("checkpoint")
+    ((path,),) = pg.sql("select pg_relation_filepath('big')")
+    full = backup(env, "full")
+    pg.sql("update big set payload = md5(payload) where id <= 300")  # a hot range: patches
+    incr1 = backup(env, "incr")
+    patched = file_entry(env, incr1["id"], path)
+    assert patched["ref"]["backup"] == full["id"] and patched["patches"], patched
+    pg.sql("update big set payload = md5(payload) || id")  # every page: a new base
+    incr2 = backup(env, "incr")
+    rebased = file_entry(env, incr2["id"], path)
+    assert rebased["ref"]["backup"] == incr2["id"] and rebased["patches"] == [], rebased
+    expected = table_digest(pg, "big", "id")
+    restored = restore_immediate(env, incr2["id"], "rebased")
+    assert table_digest(restored, "big", "id") == expected
+
+
 def test_delta_restore_after_deleting_and_damaging_files(env: PgsafeEnv) -> None:
     pg = env.cluster
     pg.pgbench(["-i", "-s", "2", "-q"])

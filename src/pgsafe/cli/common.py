@@ -52,17 +52,18 @@ class ProgressBar:
         if not self.enabled:
             return
         now = time.monotonic()
-        if now - self.last < 0.2 and done < total:
+        if now - self.last < 0.2 and (done < total or not total):
             return
         self.last = now
-        frac = done / total if total else 1.0
-        width = 30
-        bar = "#" * int(frac * width)
-        rate = done / max(now - self.started, 1e-6)
-        sys.stderr.write(
-            f"\r{self.label} [{bar:<{width}}] {frac * 100:5.1f}% {human_bytes(done)} / {human_bytes(total)}"
-            f" {human_bytes(int(rate))}/s "
-        )
+        rate = f" {human_bytes(int(done / max(now - self.started, 1e-6)))}/s "
+        if not total:  # not known yet (a backup still walking the data directory)
+            sys.stderr.write(f"\r{self.label} {human_bytes(done)}{rate}")
+        else:
+            frac = min(done / total, 1.0)
+            width = 30
+            bar = "#" * int(frac * width)
+            sys.stderr.write(f"\r{self.label} [{bar:<{width}}] {frac * 100:5.1f}% "
+                             f"{human_bytes(done)} / {human_bytes(total)}{rate}")
         sys.stderr.flush()
 
     def close(self) -> None:

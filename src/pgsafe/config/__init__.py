@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pgsafe.errors import ConfigError, UsageError
 
@@ -21,8 +20,7 @@ REPO_TYPES = ("posix", "s3")
 ENCRYPTIONS = ("none", "aes-256-gcm")
 
 
-@dataclass(frozen=True)
-class RepoConfig:
+class RepoConfig(NamedTuple):
     name: str
     path: str = ""
     type: str = "posix"
@@ -49,8 +47,7 @@ class RepoConfig:
     retention_dump_days: float | None = None
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(NamedTuple):
     name: str
     pgdata: str
     host: str | None = None
@@ -72,13 +69,11 @@ class ClusterConfig:
         return kwargs
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     path: str
     repos: tuple[RepoConfig, ...]
     clusters: tuple[ClusterConfig, ...]
     jobs: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def cluster(self, name: str | None) -> ClusterConfig:
         """The cluster named on the command line, or the only one configured."""
@@ -217,7 +212,7 @@ def _parse_repo(name: str, section: Any, path: str) -> RepoConfig:
         )
     if "compression_level" not in values:
         default_level = {"zstd": 3, "lz4": 0, "gzip": 6, "none": 0}[repo.compression]
-        repo = RepoConfig(**{**repo.__dict__, "compression_level": default_level})
+        repo = repo._replace(compression_level=default_level)
     return repo
 
 

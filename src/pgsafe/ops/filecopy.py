@@ -5,7 +5,10 @@ Change detection for incremental and differential backups reads every file and
 compares content digests with the parent backup, never trusting size, mtime or page
 LSNs: a small file is kept by reference when its XXH3-128 digest is the parent's; a
 large file is compared block by block (128 KiB) with the parent's block map and only
-the runs of changed blocks are stored, as patches over the parent's content.
+the runs of changed blocks are stored, as patches over the parent's content, unless
+half of its first 4 MiB changed: then the whole file is stored again as a new base
+(a file rewritten all over, like a table under random updates, would otherwise make
+a restore read the old base and every patch).
 Entries go into the manifest as each file is stored, and the walk of the data
 directory is consumed as copying goes on, so memory does not grow with the number of
 files: about jobs x 2 chunks of 4 MiB (or bundles of 16 MiB), plus 16 bytes per block
@@ -222,6 +225,12 @@ class FileCopier:
                                      for i in range(0, len(chunk), BLOCK_SIZE)]
                     first_index = len(digests)
                     digests.extend(chunk_digests)
+                    if base_digests is not None and first_index == 0 and _mostly_changed(chunk_digests, base_digests):
+                        # rebase: the whole file again as a new base, so that a restore of the
+                        # chain reads one stream instead of the old base and every patch over it
+                        base_digests = None
+                        encoder = self.repo.codec.encoder()
+                        writer.write(encoder.header)
                     if encoder is not None:
                         writer.write(encoder.update(chunk))
                     else:
@@ -322,6 +331,16 @@ def read_full(src: Any, size: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+# An incremental that finds at least this share of a large file's first chunk (4 MiB)
+# changed stores the whole file as a new base rather than patches over the parent's.
+REBASE_SHARE = 0.5
+
+
+def _mostly_changed(chunk_digests: list[bytes], base_digests: list[bytes]) -> bool:
+    changed = sum(1 for i, d in enumerate(chunk_digests) if i >= len(base_digests) or base_digests[i] != d)
+    return changed >= REBASE_SHARE * len(chunk_digests)
 
 
 def _still_needed(old: list[Patch], new: list[Patch], nblocks: int) -> list[Patch]:

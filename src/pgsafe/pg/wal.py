@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "HistoryEntry",
@@ -212,8 +212,7 @@ def timeline_of(name: str) -> int:
 # --- timeline history -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     """One line of a timeline history file: ``parent_timeline`` ended at
     ``switch_lsn`` (exclusive) and the next timeline on the path began there."""
 
@@ -294,8 +293,7 @@ XLP_LONG_HEADER = 0x0002
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")
 
 
-@dataclass(frozen=True)
-class WalHeader:
+class WalHeader(NamedTuple):
     """The long page header at the start of a segment: enough to check that a file
     belongs to this cluster, timeline and position before archiving it."""
 

@@ -18,13 +18,11 @@ Layout (keys relative to the repository root)::
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import xxhash
 
@@ -40,8 +38,7 @@ FORMAT_VERSION = 1
 FORMAT_KEY = "pgsafe.json"
 
 
-@dataclass(frozen=True)
-class ClusterIdentity:
+class ClusterIdentity(NamedTuple):
     system_identifier: int
     pg_version: int  # server_version_num, e.g. 150018
     wal_segment_size: int
@@ -343,6 +340,8 @@ class Repository:
             if makedirs is not None:
                 makedirs(os.path.dirname(path))
         else:  # object storage: a lock on this machine, named after what it protects
+            import hashlib  # here: archive-push starts faster without it
+
             tag = hashlib.sha256(f"{self.storage.location}\0{cluster}\0{purpose}".encode()).hexdigest()[:24]
             path = os.path.join(_local_lock_dir(), f"{tag}.lock")
         try:

@@ -7,19 +7,16 @@ they are never written into one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Iterator, NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
     key: str
     size: int
     mtime: float
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(NamedTuple):
     # a new object can be created without replacing an existing one, atomically
     exclusive_create: bool
     # keys map to real files on this machine (locks can use flock, restores can reflink...)
