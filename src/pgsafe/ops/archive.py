@@ -9,7 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import xxhash
 
@@ -183,24 +183,27 @@ def get_sync(config: Config, cluster: ClusterConfig, name: str, dest: str) -> Ge
             last_error = StorageFailure(f"repository {repo_config.name!r}: {exc}")
             continue
         try:
-            data = repo.codec.decode(blob)
+            size = _write_atomically(dest, repo.codec.decode_chunks([blob]))
         except codec.CodecError as exc:
             last_error = IntegrityError(f"archived {name} in repository {repo.name!r} is damaged: {exc}")
             continue
-        _write_atomically(dest, data)
-        return GetResult(name, repo.name, len(data), time.monotonic() - started)
+        return GetResult(name, repo.name, size, time.monotonic() - started)
     if last_error is not None:
         raise last_error
     raise NotFound(f"{name} is not in the archive")
 
 
-def _write_atomically(dest: str, data: bytes) -> None:
+def _write_atomically(dest: str, chunks: Iterable[bytes]) -> int:
+    """Write the content as it is decoded; it appears under `dest` only once whole and
+    proven (the digest is checked at the end of the chunks). Not fsynced: PostgreSQL
+    fsyncs a restored file when it keeps it, and after a crash it asks for it again."""
     tmp = f"{dest}.pgsafe-{os.getpid()}"
+    size = 0
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, "wb", buffering=0) as f:
+            for chunk in chunks:
+                f.write(chunk)
+                size += len(chunk)
         os.replace(tmp, dest)
     except BaseException:
         try:
@@ -208,3 +211,4 @@ def _write_atomically(dest: str, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+    return size

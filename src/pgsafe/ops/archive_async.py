@@ -158,6 +158,7 @@ def get_worker(config: Config, cluster: ClusterConfig, after: str, seg_size: int
             except PgsafeError:
                 _unlink(tmp)
                 return False
+            _fsync(tmp)  # the spool outlives a crash: only whole files may be in it
             os.replace(tmp, os.path.join(spool, "in", n))
             return True
 
@@ -239,6 +240,14 @@ def _write_marker(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_atomically(src: str, dest: str) -> None:
