@@ -180,20 +180,21 @@ def _decompress(compression: str, pieces: Iterator[bytes]) -> Iterator[bytes]:
 
 
 class _IterReader:
-    """A read()-able view of an iterator of byte strings."""
+    """A read()-able view of an iterator of byte strings for the decompressor: each
+    read returns at most `n` bytes of the current piece, without copying it."""
 
     def __init__(self, pieces: Iterator[bytes]) -> None:
         self.pieces = pieces
-        self.buf = b""
+        self.buf = memoryview(b"")
 
-    def read(self, n: int = -1) -> bytes:
-        while len(self.buf) < n or n < 0:
+    def read(self, n: int = -1) -> memoryview:
+        while not self.buf:
             piece = next(self.pieces, None)
             if piece is None:
-                break
-            self.buf += piece
-        if n < 0:
-            out, self.buf = self.buf, b""
+                return self.buf
+            self.buf = memoryview(piece)
+        if n < 0 or n >= len(self.buf):
+            out, self.buf = self.buf, memoryview(b"")
         else:
             out, self.buf = self.buf[:n], self.buf[n:]
         return out

@@ -74,11 +74,11 @@ def run_backup(
             # what an incremental or differential builds on
             backup_type, parent = _parent(repo, cluster.name, backup_type, notices)
             backup_id = _new_backup_id(repo, cluster.name, backup_type)
+            datadir = DataDirectory(cluster.pgdata, info.version_num)
+            manifest = repo.manifest_writer(cluster.name, backup_id)  # the last step that can fail here
         except BaseException:
             conn.close()
             raise
-        datadir = DataDirectory(cluster.pgdata, info.version_num)
-        manifest = repo.manifest_writer(cluster.name, backup_id)
         copier = FileCopier(repo, repo_config, cluster.name, backup_id, cluster.pgdata, manifest,
                             info.data_checksums, jobs or os.cpu_count() or 2, progress, parent)
         try:
