@@ -8,7 +8,6 @@ import statistics
 from typing import Any
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TOOLS = ("pgsafe", "pgbackrest", "pg_basebackup")
 REFERENCE = "tar|zstd"
 
@@ -279,14 +278,15 @@ def render_rss(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(table: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    block = f"{BEGIN}\n{table}\n{END}"
-    if DOC.exists() and BEGIN in DOC.read_text():
-        text = DOC.read_text()
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1] if END in rest else ""
+def write_doc(table: str, dataset: str) -> None:
+    """Put the table between this dataset's markers in docs/PERFORMANCE.md (each dataset
+    has its own section); without them, add a section at the end."""
+    begin, end = f"<!-- bench:{dataset}:begin -->", f"<!-- bench:{dataset}:end -->"
+    block = f"{begin}\n{table}\n{end}"
+    text = DOC.read_text() if DOC.exists() else "# Performance\n"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1] if end in rest else ""
         DOC.write_text(head + block + tail)
     else:
-        DOC.write_text("# Performance\n\nProduced by `bench/run`; the part between the markers is rewritten "
-                       "by each run.\n\n" + block + "\n")
+        DOC.write_text(text.rstrip("\n") + f"\n\n## Results: `{dataset}` dataset\n\n{block}\n")

@@ -1173,7 +1173,7 @@ class Bench:
         table = render(self.results, self.result_path)
         print(table)
         if not a.no_docs:
-            write_doc(table)
+            write_doc(table, a.dataset)
             log(f"wrote {DOC}")
         if not a.keep_server:
             self.pg.stop()
@@ -1389,7 +1389,7 @@ def main() -> int:
         table = render(results, path)
         print(table)
         if not args.no_docs:
-            write_doc(table)
+            write_doc(table, results["dataset"]["name"])
         return 0
     if os.geteuid() != 0:
         print("run as root (bench/run): PostgreSQL is started as the postgres user", file=sys.stderr)

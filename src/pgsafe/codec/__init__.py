@@ -15,6 +15,7 @@ import os
 import struct
 import threading
 import zlib
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import xxhash
@@ -205,8 +206,13 @@ class Encoder:
     The first bytes out are the header (and, encrypted, the salt)."""
 
     def __init__(self, compression: str, level: int, size: int | None = None, digest: bytes | None = None,
-                 data_key: bytes | None = None):
-        self._update, self._flush = _compressor(compression, level)
+                 data_key: bytes | None = None, framed: bool = False):
+        if framed and compression == "zstd":
+            # each update its own frame: about a quarter faster than one long stream
+            # (which zstd compresses in its slower external-dictionary mode), and as small
+            self._update, self._flush = partial(_zstd_one_shot, level), bytes
+        else:
+            self._update, self._flush = _compressor(compression, level)
         self.compression = compression
         self.digest = new_digest()
         self.size = 0
@@ -296,8 +302,9 @@ class Codec:
         self.level = level
         self.data_key = data_key
 
-    def encoder(self, size: int | None = None, digest: bytes | None = None) -> Encoder:
-        return Encoder(self.compression, self.level, size, digest, self.data_key)
+    def encoder(self, size: int | None = None, digest: bytes | None = None, framed: bool = False) -> Encoder:
+        """framed: for large pieces (MiBs) only; each update is compressed on its own."""
+        return Encoder(self.compression, self.level, size, digest, self.data_key, framed)
 
     def encode(self, data: bytes | memoryview) -> tuple[bytes, str]:
         """Whole content -> (envelope carrying its digest, hex digest)."""

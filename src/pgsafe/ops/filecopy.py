@@ -212,7 +212,7 @@ class FileCopier:
             patches: list[Patch] = []
             encoder = None
             if base_digests is None:
-                encoder = self.repo.codec.encoder()
+                encoder = self.repo.codec.encoder(framed=True)
                 writer.write(encoder.header)
             offset = 0
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as src:
@@ -229,7 +229,7 @@ class FileCopier:
                         # rebase: the whole file again as a new base, so that a restore of the
                         # chain reads one stream instead of the old base and every patch over it
                         base_digests = None
-                        encoder = self.repo.codec.encoder()
+                        encoder = self.repo.codec.encoder(framed=True)
                         writer.write(encoder.header)
                     if encoder is not None:
                         writer.write(encoder.update(chunk))

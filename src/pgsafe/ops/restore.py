@@ -22,6 +22,7 @@ from pgsafe.config import ClusterConfig, RepoConfig
 from pgsafe.errors import (IntegrityError, NoBackup, PassphraseError, RepositoryError, RestoreError,
                            StorageFailure)
 from pgsafe.pg.recovery import RecoveryTarget, write_recovery_settings
+from pgsafe.ops.direct_io import FileWriter
 from pgsafe.ops.delta import DeltaStats, differing_blocks, remove_extra, require_stopped, same_small
 from pgsafe.ops.restore_target import backup_before_restore_point, target_timeline
 from pgsafe.policy.target import choose_backup, validate_target
@@ -316,17 +317,19 @@ def _write_large(repo: Repository, cluster: str, f: FileEntry, path: str, differ
     The whole-file checksum is checked over everything rebuilt."""
     digest = codec.new_digest()
     written = 0
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if differing is not None else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
+    if differing is None:  # a new file: written around the page cache when possible
+        out = FileWriter(path)
+        fd = out.fd
+    else:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         if differing is None:
             for data in iter_content(repo, cluster, f):
                 digest.update(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                out.write(data)
                 written += len(data)
                 advance(len(data))
+            out.close()
         else:
             for index, data in iter_blocks(repo, cluster, f):
                 digest.update(data)

@@ -184,10 +184,10 @@ def _check_base(repo: Repository, key: str, f: FileEntry, blockmap: bytes) -> No
         for data in repo.codec.decode_chunks(iter(lambda: src.read(codec.CHUNK), b"")):
             digest.update(data)
             size += len(data)
-            pending += data
-            whole = len(pending) - len(pending) % BLOCK_SIZE
-            digests.extend(block_digests(pending[:whole]))
-            pending = pending[whole:]
+            view = memoryview(pending + data if pending else data)  # a copy only after a partial block
+            whole = len(view) - len(view) % BLOCK_SIZE
+            digests.extend(block_digests(view[:whole]))
+            pending = bytes(view[whole:])
     if pending:
         digests.extend(block_digests(pending))
     if size != f.size or digest.hexdigest() != f.checksum:

@@ -19,11 +19,16 @@ files are only readable on a machine of the same endianness anyway.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TypeAlias
 
-import numpy as np
-import numpy.typing as npt
+# numpy's BLAS is never used here; unless told otherwise it starts a worker thread per
+# core that spins on the CPU the copy threads need
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
 
 __all__ = [
     "BLCKSZ",
