@@ -61,3 +61,23 @@ def test_several_clusters_need_a_name(tmp_path):
     with pytest.raises(UsageError, match="--cluster"):
         config.cluster(None)
     assert config.cluster("other").pgdata == "/x"
+
+
+def test_parsed_config_is_cached_per_user_and_follows_every_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = write(tmp_path, GOOD)
+    assert load_config(path).cluster(None).port == 5432
+    (cached,) = (tmp_path / "cache" / "pgsafe").iterdir()
+    assert cached.stat().st_mode & 0o777 == 0o600
+    assert load_config(path).cluster(None).port == 5432  # from the cache
+    # a change of the file, even of the same size, is seen at once
+    write(tmp_path, GOOD.replace("port = 5432", "port = 5433"))
+    assert load_config(path).cluster(None).port == 5433
+    # a broken file is an error, whatever the cache holds
+    write(tmp_path, GOOD.replace("port = 5432", "port = = 5433"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    # and a damaged cache is only a cache miss
+    cached.write_bytes(b"\x00garbage")
+    write(tmp_path, GOOD)
+    assert load_config(path).cluster(None).port == 5432

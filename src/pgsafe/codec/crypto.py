@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pgsafe import cache
+
 SALT_SIZE = 32
 TAG_SIZE = 16
 CHUNK = 1024 * 1024
@@ -99,27 +101,14 @@ def derive_kek(passphrase: bytes, salt: bytes, kdf: dict[str, int]) -> bytes:
     result is cached per user in a 0600 file keyed by a hash of its inputs: the cache
     holds no more than the passphrase source on the same host already gives away."""
     tag = hashlib.sha256(b"pgsafe-kek\0" + salt + repr(sorted(kdf.items())).encode() + b"\0" + passphrase).hexdigest()
-    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pgsafe")
-    path = os.path.join(cache_dir, f"kek-{tag[:32]}")
-    try:
-        with open(path, "rb") as f:
-            cached = f.read()
-        if len(cached) == 32:
-            return cached
-    except OSError:
-        pass
+    name = f"kek-{tag[:32]}"
+    cached = cache.read(name)
+    if cached is not None and len(cached) == 32:
+        return cached
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
     kek = Scrypt(salt=salt, length=32, **kdf).derive(passphrase)
-    try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(kek)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # no cache: slower, still correct
+    cache.write(name, kek)
     return kek
 
 

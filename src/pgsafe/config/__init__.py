@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from typing import Any, NamedTuple
 
+from pgsafe import cache
 from pgsafe.errors import ConfigError, UsageError
 
 DEFAULT_CONFIG_PATH = "/etc/pgsafe/pgsafe.toml"
@@ -150,11 +150,36 @@ def load_config(explicit: str | None = None) -> Config:
         raise ConfigError(f"config file {path} not found; pass --config FILE or set PGSAFE_CONFIG") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return parse_config(_parse_toml(raw, path), os.path.abspath(path))
+
+
+def _parse_toml(raw: bytes, path: str) -> dict[str, Any]:
+    """TOML -> dict, remembered per user for the same bytes: archive-push reads the
+    config once per WAL segment, and importing and running the TOML parser costs more
+    than reading the cached result (marshal)."""
+    import marshal
+    import zlib
+
+    name = f"config-{zlib.crc32(os.path.abspath(path).encode()):08x}"
+    cached = cache.read(name)
+    if cached is not None:
+        try:
+            text, data = marshal.loads(cached)
+            if text == raw and isinstance(data, dict):
+                return data
+        except (ValueError, EOFError, TypeError):
+            pass
+    import tomllib
+
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, os.path.abspath(path))
+    try:
+        cache.write(name, marshal.dumps((raw, data)))
+    except ValueError:  # a value marshal cannot hold (a TOML date): no cache
+        pass
+    return data
 
 
 def parse_config(data: dict[str, Any], path: str) -> Config:
