@@ -89,7 +89,8 @@ def _read(path: str) -> bytes | mmap.mmap:
         size = os.fstat(f.fileno()).st_size
         if size < 1 << 20:
             return f.read()
-        return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+        return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                         prot=mmap.PROT_READ)
 
 
 def _existing(repo: Repository, cluster: str, name: str, digest_hex: str) -> str:
@@ -200,7 +201,7 @@ def _write_atomically(dest: str, chunks: Iterable[bytes]) -> int:
     tmp = f"{dest}.pgsafe-{os.getpid()}"
     size = 0
     try:
-        with open(tmp, "wb", buffering=0) as f:
+        with open(tmp, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
                 size += len(chunk)
