@@ -46,7 +46,7 @@ server side, e.g. the walsender that reads files for pg_basebackup), the largest
 process's peak RSS, the peak PSS of the tool's process tree (sampled), and bytes stored.
 
 Raw results go to bench/results/ (gitignored); the table of medians to docs/PERFORMANCE.md
-between the ``bench:begin``/``bench:end`` markers (text outside them is kept). ``--render FILE``
+between the dataset's ``bench:<dataset>:begin``/``end`` markers (text outside them is kept). ``--render FILE``
 rewrites that table from saved results; ``--render-rss FILE...`` prints the full backups' peak
 RSS against the dataset size from several runs (``make -C bench rss``: ``--phases full`` at
 realistic scale 10 and 100, that is about 1 GB and 10 GB).
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -71,151 +70,27 @@ from pathlib import Path
 from typing import Any
 
 import timing
+from cluster import (DEFAULT_SCALE, MANY_FILES_BATCH, REALISTIC_BATCH, REALISTIC_INDEXES, REALISTIC_PGBENCH_SCALE,
+                     REALISTIC_SCHEMA, REALISTIC_WORKLOAD, Cluster)
 from report import DOC, REFERENCE, TOOLS, render, render_rss, succeeded, summarize, write_doc
+from snapshot import INSTALLED_PGSAFE, source_hashes, snapshot_pgsafe
 from timing import OS_USER, PGBIN, _proc_stat_busy, measure, mkdir_pg, run_pg
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 RESULTS = HERE / "results"
 
-INSTALLED_PGSAFE = Path(os.environ.get("PGSAFE_VENV", "/opt/pgsafe")) / "bin" / "pgsafe"
 PGSAFE = INSTALLED_PGSAFE  # replaced by the run's frozen snapshot (see snapshot_pgsafe)
 PGBACKREST = Path(shutil.which("pgbackrest") or "/usr/bin/pgbackrest")
 STANZA = "bench"
 CLUSTER = "main"
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 WAL_SEGMENT = 16 * 1024 * 1024
-DEFAULT_SCALE = {"pgbench": 100, "realistic": 20, "many-files": 20}  # the sizes issue 6 asks for
 # The phases of a run, in the order they run (--phases picks some of them).
 PHASES = ("full", "restore", "incr", "pitr", "verify", "archive-rate", "archive-push")
 
-# The `realistic` dataset: about 110 MB per batch (1.10 GB at scale 10), of which ~55 % an `events` heap (integers,
-# numerics, floats, timestamps, a status, short random text, a jsonb document), ~25 % its four
-# indexes, ~20 % `documents` whose 6 KB text bodies live out of line in TOAST, uncompressed by
-# PostgreSQL (STORAGE EXTERNAL), so that the tools' compression sees them. The random text is hex
-# (md5): about 2:1 for zstd, the whole cluster about 2-3:1.
-REALISTIC_SCHEMA = """
-CREATE TABLE events (id bigserial PRIMARY KEY, account_id int NOT NULL, created_at timestamptz NOT NULL,
-  amount numeric(12,2), ratio float8, status text, note text, attrs jsonb);
-CREATE TABLE documents (id bigserial PRIMARY KEY, owner int, title text, body text, updated_at timestamptz);
-ALTER TABLE documents ALTER COLUMN body SET STORAGE EXTERNAL;
-"""
-REALISTIC_BATCH = """
-INSERT INTO events (account_id, created_at, amount, ratio, status, note, attrs)
-SELECT (random() * 100000)::int, now() - random() * interval '730 days',
-  round((random() * 10000)::numeric, 2), random(),
-  (ARRAY['new','paid','shipped','cancelled','returned','on hold'])[1 + (random() * 5)::int],
-  substr(md5(random()::text) || ' ' || md5(random()::text), 1, 16 + (random() * 50)::int),
-  jsonb_build_object('ip', (random() * 255)::int || '.' || (random() * 255)::int || '.' || (random() * 255)::int
-                           || '.' || (random() * 255)::int,
-                     'sku', substr(md5(random()::text), 1, 10), 'qty', (random() * 20)::int,
-                     'price', round((random() * 500)::numeric, 2), 'gift', random() < 0.1)
-FROM generate_series(1, 250000);
-INSERT INTO documents (owner, title, body, updated_at)
-SELECT (random() * 100000)::int, substr(md5(random()::text), 1, 20),
-  (SELECT string_agg(md5(random()::text || x::text), ' ') FROM generate_series(1, 180 + (g % 40)) x),
-  now() - random() * interval '365 days'
-FROM generate_series(1, 3500) g;
-"""
-MANY_FILES_BATCH = """
-DO $$ BEGIN
-  FOR i IN FIRST + 1 .. FIRST + 500 LOOP
-    EXECUTE format('CREATE TABLE mf_%s (id int PRIMARY KEY, k int, v text, at timestamptz)', i);
-    EXECUTE format('INSERT INTO mf_%s SELECT g, (random() * 1000)::int, md5(random()::text), now() '
-                   '- random() * interval ''30 days'' FROM generate_series(1, 20) g', i);
-    EXECUTE format('CREATE INDEX mf_%s_k ON mf_%s (k)', i, i);
-  END LOOP;
-END $$;
-"""
-REALISTIC_INDEXES = """
-CREATE INDEX events_account ON events (account_id);
-CREATE INDEX events_created ON events (created_at);
-CREATE INDEX events_status_created ON events (status, created_at);
-CREATE INDEX documents_owner ON documents (owner, updated_at);
-CHECKPOINT;
-"""
-# pgbench tables in the `realistic` dataset too (about 150 MB), so that the incremental and archive
-# rate phases can run the builtin tpcb-like workload there.
-REALISTIC_PGBENCH_SCALE = 10
-# The incremental phase's second script on `realistic` (pgbench -f FILE@1 next to -b tpcb-like@1):
-# the changes also reach the mixed tables, their indexes and, one transaction in 20, a TOASTed body.
-REALISTIC_WORKLOAD = r"""
-\set eid random(1, :max_event)
-\set account random(1, 100000)
-\set doc random(1, 20 * :max_document)
-BEGIN;
-UPDATE events SET status = 'paid', amount = amount + 1, attrs = attrs || jsonb_build_object('seen', now())
-  WHERE id = :eid;
-INSERT INTO events (account_id, created_at, amount, ratio, status, note, attrs)
-  VALUES (:account, now(), round((random() * 10000)::numeric, 2), random(), 'new', md5(random()::text),
-          jsonb_build_object('sku', substr(md5(random()::text), 1, 10), 'qty', :account % 20));
-\if :doc <= :max_document
-UPDATE documents SET body = body || ' ' || md5(random()::text), updated_at = now() WHERE id = :doc;
-\endif
-END;
-"""
-
-
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# -- the cluster --------------------------------------------------------------------------
-
-
-class Cluster:
-    def __init__(self, pgdata: Path, port: int, sockdir: Path, logfile: Path) -> None:
-        self.pgdata, self.port, self.sockdir, self.logfile = pgdata, port, sockdir, logfile
-
-    def conn_args(self) -> list[str]:
-        return ["-h", str(self.sockdir), "-p", str(self.port), "-U", OS_USER]
-
-    def running(self) -> bool:
-        return (self.pgdata / "postmaster.pid").exists() and run_pg(
-            [str(PGBIN / "pg_ctl"), "-D", str(self.pgdata), "status"], check=False).returncode == 0
-
-    def start(self, extra: str = "") -> None:
-        cmd = [str(PGBIN / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.logfile), "-w", "-t", "600"]
-        if extra:
-            cmd += ["-o", extra]
-        run_pg(cmd + ["start"])
-
-    def stop(self) -> None:
-        if self.running():
-            run_pg([str(PGBIN / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "600", "stop"])
-
-    def sql(self, query: str, db: str = "postgres") -> str:
-        res = run_pg([str(PGBIN / "psql"), *self.conn_args(), "-d", db, "-X", "-At", "-v", "ON_ERROR_STOP=1",
-                      "-c", query])
-        return res.stdout.strip()
-
-    def set_archive_command(self, command: str) -> None:
-        literal = command.replace("'", "''")
-        self.sql(f"ALTER SYSTEM SET archive_command = '{literal}'")
-        self.sql("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + 30
-        while self.sql("SHOW archive_command") != command:
-            if time.monotonic() > deadline:
-                raise RuntimeError("archive_command did not take effect after reload")
-            time.sleep(0.1)
-        time.sleep(0.5)  # the archiver re-reads its configuration on its next cycle
-
-    def wait_archive_idle(self, timeout: float = 600) -> dict[str, Any]:
-        """Wait until no segment waits for archiving; returns pg_stat_archiver."""
-        status = self.pgdata / "pg_wal" / "archive_status"
-        deadline = time.monotonic() + timeout
-        while any(p.name.endswith(".ready") for p in status.iterdir()):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"archiver still busy after {timeout} s: {self.archiver_stats()}")
-            time.sleep(0.2)
-        return self.archiver_stats()
-
-    def archiver_stats(self) -> dict[str, Any]:
-        row = self.sql("SELECT archived_count, coalesce(last_archived_wal, ''), failed_count, "
-                       "coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') FROM pg_stat_archiver")
-        a, last, f, last_failed, failed_time = row.split("|")
-        return {"archived_count": int(a), "last_archived_wal": last, "failed_count": int(f),
-                "last_failed_wal": last_failed, "last_failed_time": failed_time}
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -388,7 +263,7 @@ class Bench:
             except Exception as exc:  # noqa: BLE001 - recorded as is
                 return f"unavailable: {exc}"
 
-        hashes = _pgsafe_source_hashes()
+        hashes = source_hashes(PGSAFE)
         head = out(["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"])
         self.results["versions"] = {
             "pgsafe": out([str(PGSAFE.parent / "python"), "-c", "import pgsafe; print(pgsafe.__version__)"]),
@@ -812,6 +687,10 @@ class Bench:
                 if run["rc"] == 0 and not new:
                     self.anomaly(f"{tool} archive-push of {seg.name} succeeded but stored no new file")
                 self.record(run)
+        failed = next((r for r in self.results["runs"] if r["op"] == "archive-push" and r["rc"] != 0), None)
+        if failed is not None:
+            self.anomaly(f"{failed['tool']} archive-push of {failed['segment']} failed (rc {failed['rc']}): "
+                         f"`{failed['command']}`: {fail_summary(failed)}")
 
     # incremental backups, chain restore, delta restore -----------------------------------
 
@@ -1140,31 +1019,16 @@ class Bench:
         log(f"phases: {', '.join(phases)}")
         self.describe_machine()
         self.build_dataset()
-        PGSAFE = snapshot_pgsafe(a.pgsafe_from)
+        PGSAFE = snapshot_pgsafe(a.pgsafe_from, WORK)
         log(f"pgsafe under test: {PGSAFE} (a copy of the {a.pgsafe_from} package)")
         self.describe_versions()
         self.disk_write_speed()
         self._failed_seen = self.pg.archiver_stats()["failed_count"]
         self.setup_tools()
-        if "full" in phases:
-            self.full_backups()
-        if "restore" in phases:
-            self.restores()
-        if "incr" in phases:
-            self.incremental()
-        if "pitr" in phases:
-            self.pitr()
-        if "verify" in phases:
-            self.verify_repos()
-        if "archive-rate" in phases:
-            self.archive_rate()
-        if "archive-push" in phases:
-            self.archive_push()
-            for r in self.results["runs"]:
-                if r["op"] == "archive-push" and r["rc"] != 0:
-                    self.anomaly(f"{r['tool']} archive-push of {r['segment']} failed (rc {r['rc']}): "
-                                 f"`{r['command']}`: {fail_summary(r)}")
-                    break
+        steps = {"full": self.full_backups, "restore": self.restores, "incr": self.incremental, "pitr": self.pitr,
+                 "verify": self.verify_repos, "archive-rate": self.archive_rate, "archive-push": self.archive_push}
+        for phase in phases:  # in the order of PHASES
+            steps[phase]()
         self.results["archiver_end"] = self.pg.archiver_stats()
         self.results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.results["summary"] = summarize(self.results)
@@ -1237,76 +1101,6 @@ def _os_release() -> str:
     except OSError:
         pass
     return platform.platform()
-
-
-def _pgsafe_source_hashes() -> dict[str, str]:
-    """sha1 over the .py files of the pgsafe under test, of the installed one, of src/ in the
-    work tree and of src/ at git HEAD: which code was measured."""
-    def digest(files: dict[str, bytes]) -> str:
-        h = hashlib.sha1()
-        for name in sorted(files):
-            h.update(name.encode())
-            h.update(files[name])
-        return h.hexdigest()[:12]
-
-    def tree(root: Path) -> str:
-        if not root.is_dir():
-            return "unavailable"
-        return digest({str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.py")})
-
-    def package_of(python: Path) -> Path:
-        r = subprocess.run([str(python), "-c", "import pgsafe, os; print(os.path.dirname(pgsafe.__file__))"],
-                           capture_output=True, text=True)
-        return Path(r.stdout.strip()) if r.returncode == 0 else Path("/nonexistent")
-
-    out = {"tested": tree(package_of(PGSAFE.parent / "python")),
-           "installed": tree(package_of(INSTALLED_PGSAFE.parent / "python")),
-           "work tree": tree(PROJECT / "src" / "pgsafe")}
-    try:
-        names = subprocess.run(["git", "-C", str(PROJECT), "ls-tree", "-r", "--name-only", "HEAD", "src/pgsafe"],
-                               capture_output=True, text=True, check=True).stdout.split()
-        files = {}
-        for n in names:
-            if n.endswith(".py"):
-                files[n[len("src/pgsafe/"):]] = subprocess.run(
-                    ["git", "-C", str(PROJECT), "show", f"HEAD:{n}"], capture_output=True, check=True).stdout
-        out["git HEAD"] = digest(files)
-    except (subprocess.CalledProcessError, OSError):
-        out["git HEAD"] = "unavailable"
-    return out
-
-
-def snapshot_pgsafe(source: str) -> Path:
-    """Freeze the pgsafe under test for the whole run: a venv under the work directory holding a
-    copy of the package (from the installed venv, or from src/ of this work tree), its
-    dependencies taken from the installed venv. Others may reinstall /opt/pgsafe mid-run."""
-    installed_python = INSTALLED_PGSAFE.parent / "python"
-    r = subprocess.run([str(installed_python), "-c", "import os, site, pgsafe; "
-                        "print(os.path.dirname(pgsafe.__file__)); print(site.getsitepackages()[0]); "
-                        "import sys; print(os.path.realpath(sys.executable))"],
-                       capture_output=True, text=True, check=True)
-    pkg_dir, site_dir, base_python = r.stdout.split()
-    venv = WORK / "pgsafe-venv"
-    if venv.exists():
-        shutil.rmtree(venv)
-    subprocess.run([base_python, "-m", "venv", "--without-pip", str(venv)], check=True)
-    r = subprocess.run([str(venv / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
-                       capture_output=True, text=True, check=True)
-    own_site = Path(r.stdout.strip())
-    src = Path(pkg_dir) if source == "installed" else PROJECT / "src" / "pgsafe"
-    shutil.copytree(src, own_site / "pgsafe", ignore=shutil.ignore_patterns("__pycache__"))
-    (own_site / "zz_pgsafe_deps.pth").write_text(site_dir + "\n")  # after our copy on sys.path
-    script = venv / "bin" / "pgsafe"
-    # the same entry point as the installed console script (pyproject.toml)
-    script.write_text(f"#!{venv / 'bin' / 'python'}\nfrom pgsafe.cli.main import run\n"
-                      "if __name__ == '__main__':\n    run()\n")
-    os.chmod(script, 0o755)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(own_site / "pgsafe")], check=True)
-    r = subprocess.run([str(venv / "bin" / "python"), "-c", "import pgsafe; print(pgsafe.__file__)"],
-                       capture_output=True, text=True, check=True)
-    if not r.stdout.strip().startswith(str(own_site)):
-        raise RuntimeError(f"the snapshot venv imports pgsafe from {r.stdout.strip()}, not from {own_site}")
-    return script
 
 
 WORK = Path("/var/tmp/pgsafe-bench")

@@ -64,6 +64,33 @@ def _proc_stat_busy() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def _proc_stats() -> dict[int, list[str]]:
+    """Every process's /proc/<pid>/stat, as the fields after its command name (state, ppid, ...)."""
+    stats = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    stat = f.read()
+            except OSError:  # ended meanwhile
+                continue
+            stats[int(entry.name)] = stat[stat.rindex(")") + 2:].split()
+    return stats
+
+
+def _with_descendants(roots: set[int], stats: dict[int, list[str]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    tree, todo = set(roots), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                todo.append(child)
+    return tree
+
+
 class TreeSampler(threading.Thread):
     """Samples the summed PSS (and RSS) of a process and all its descendants."""
 
@@ -89,22 +116,7 @@ class TreeSampler(threading.Thread):
         self.join()
 
     def _sample(self) -> None:
-        children: dict[int, list[int]] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-        tree, todo = [], [self.root]
-        while todo:
-            pid = todo.pop()
-            tree.append(pid)
-            todo.extend(children.get(pid, []))
+        tree = _with_descendants({self.root}, _proc_stats())
         pss = rss = 0
         for pid in tree:
             try:
@@ -163,33 +175,16 @@ def foreign_cpu_snapshot() -> dict[int, float]:
     """CPU seconds (own + reaped children) of every user-space process that is neither this
     bench, nor the bench cluster (or another of OWN_SERVERS) and its descendants
     (archive_command included), nor a kernel thread: the other sessions sharing this machine."""
-    procs: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, own ticks, reaped children's ticks)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        f = stat[stat.rindex(")") + 2:].split()
-        procs[int(entry.name)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))
-    mine = {os.getpid(), 2}
+    stats = _proc_stats()
+    roots = {os.getpid(), 2}  # the children of pid 2 are kernel threads
     for pgdata in OWN_SERVERS | ({SERVER_PGDATA} if SERVER_PGDATA else set()):
         try:
-            mine.add(int((pgdata / "postmaster.pid").read_text().split()[0]))
+            roots.add(int((pgdata / "postmaster.pid").read_text().split()[0]))
         except (OSError, ValueError, IndexError):
             pass
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    todo = list(mine)
-    while todo:  # descendants of the excluded roots; children of pid 2 are kernel threads
-        for child in children.get(todo.pop(), []):
-            if child not in mine:
-                mine.add(child)
-                todo.append(child)
-    return {pid: (own, reaped) for pid, (_, own, reaped) in procs.items() if pid not in mine}
+    mine = _with_descendants(roots, stats)
+    # own ticks (utime + stime), reaped children's ticks (cutime + cstime)
+    return {pid: (int(f[11]) + int(f[12]), int(f[13]) + int(f[14])) for pid, f in stats.items() if pid not in mine}
 
 
 def foreign_cpu_delta(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:

@@ -60,6 +60,15 @@ def test_full_incr_diff_incr_under_load_each_restore_exactly(env: PgsafeEnv) -> 
     assert digests(restored) == final
 
 
+def make_big_table(pg, rows: int) -> None:
+    """A table `big` of incompressible rows (about 400 bytes each), so that stored sizes
+    measure what was stored, not zstd."""
+    pg.sql("create table big (id int primary key, payload text)")
+    pg.sql("insert into big select g, (select string_agg(md5(random()::text || g || s), '') "
+           f"from generate_series(1, 12) s) from generate_series(1, {rows}) g")
+    pg.sql("checkpoint")
+
+
 def test_incr_without_full_becomes_full_with_notice(env: PgsafeEnv) -> None:
     proc = env.run("backup", "--type", "incr")
     assert "NOTICE" in proc.stdout and "full" in proc.stdout
@@ -68,11 +77,7 @@ def test_incr_without_full_becomes_full_with_notice(env: PgsafeEnv) -> None:
 
 def test_skewed_workload_stores_a_small_fraction(env: PgsafeEnv) -> None:
     pg = env.cluster
-    # incompressible rows, so that stored sizes measure what was stored, not zstd
-    pg.sql("create table big (id int primary key, payload text)")
-    pg.sql("insert into big select g, (select string_agg(md5(random()::text || g || s), '') "
-           "from generate_series(1, 12) s) from generate_series(1, 120000) g")
-    pg.sql("checkpoint")
+    make_big_table(pg, 120000)
     full = backup(env, "full")
     pg.sql("update big set payload = md5(payload) where id <= 1200")  # 1% of the rows, hot range
     incr = backup(env, "incr")
@@ -94,10 +99,7 @@ def file_entry(env: PgsafeEnv, backup_id: str, path: str) -> dict:
 
 def test_a_table_rewritten_all_over_is_stored_whole_and_a_hot_range_as_patches(env: PgsafeEnv) -> None:
     pg = env.cluster
-    pg.sql("create table big (id int primary key, payload text)")
-    pg.sql("insert into big select g, (select string_agg(md5(random()::text || g || s), '') "
-           "from generate_series(1, 12) s) from generate_series(1, 60000) g")
-    pg.sql("checkpoint")
+    make_big_table(pg, 60000)
     ((path,),) = pg.sql("select pg_relation_filepath('big')")
     full = backup(env, "full")
     pg.sql("update big set payload = md5(payload) where id <= 300")  # a hot range: patches

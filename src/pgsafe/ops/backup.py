@@ -179,9 +179,8 @@ def _wait_for_wal(repo: Repository, cluster: ClusterConfig, segments: list[str])
         time.sleep(0.1)
     for segment in segments:
         try:
-            with repo.storage.open(repo.wal_key(cluster.name, segment)) as src:
-                for _ in repo.codec.decode_chunks(iter(lambda: src.read(codec.CHUNK), b"")):
-                    pass  # decoding to the end proves the digest
+            for _ in repo.decoded(repo.wal_key(cluster.name, segment)):
+                pass  # decoding to the end proves the digest
         except codec.CodecError as exc:
             raise IntegrityError(f"archived WAL segment {segment} is damaged: {exc}") from None
 

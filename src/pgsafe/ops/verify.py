@@ -180,14 +180,13 @@ def _check_base(repo: Repository, key: str, f: FileEntry, blockmap: bytes) -> No
     digests: list[bytes] = []
     pending = b""
     size = 0
-    with repo.storage.open(key) as src:
-        for data in repo.codec.decode_chunks(iter(lambda: src.read(codec.CHUNK), b"")):
-            digest.update(data)
-            size += len(data)
-            view = memoryview(pending + data if pending else data)  # a copy only after a partial block
-            whole = len(view) - len(view) % BLOCK_SIZE
-            digests.extend(block_digests(view[:whole]))
-            pending = bytes(view[whole:])
+    for data in repo.decoded(key):
+        digest.update(data)
+        size += len(data)
+        view = memoryview(pending + data if pending else data)  # a copy only after a partial block
+        whole = len(view) - len(view) % BLOCK_SIZE
+        digests.extend(block_digests(view[:whole]))
+        pending = bytes(view[whole:])
     if pending:
         digests.extend(block_digests(pending))
     if size != f.size or digest.hexdigest() != f.checksum:
@@ -216,7 +215,8 @@ def _check_backup_wal(backup: dict[str, Any], archived: set[str], seg_size: int,
 def _check_wal_file(repo: Repository, cluster: str, name: str, problem: Callable[..., None],
                     count: Callable[..., None]) -> None:
     try:
-        repo.codec.decode(repo.storage.read(repo.wal_key(cluster, name)))
+        for _ in repo.decoded(repo.wal_key(cluster, name)):
+            pass  # decoding to the end proves the digest
     except FileNotFoundError:
         return  # reported by the range checks
     except codec.CodecError as exc:

@@ -24,8 +24,6 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
-import xxhash
-
 from pgsafe import codec
 from pgsafe.repo import keys
 from pgsafe.errors import ClusterMismatch, IntegrityError, LockedError, NoBackup, RepositoryError
@@ -131,6 +129,12 @@ class Repository:
         w = self.storage.writer(key)
         w.write(blob)
         return w.commit(overwrite=overwrite)
+
+    def decoded(self, key: str) -> Iterator[bytes]:
+        """An object's content, decoded as it is read (memory: one chunk). The envelope's
+        digest is checked at the end: only a consumer that reads to the end may trust it."""
+        with self.storage.open(key) as src:
+            yield from self.codec.decode_chunks(iter(lambda: src.read(codec.CHUNK), b""))
 
     def read_json(self, key: str) -> dict[str, Any]:
         """Read a metadata object; its envelope digest proves it intact."""
@@ -251,13 +255,11 @@ class Repository:
                            "`pgsafe info` lists them") from None
         key = f"{self.backup_prefix(cluster, backup_id)}/manifest"
         try:
-            text = self.codec.decode(self.storage.read(key))
+            text = self.codec.decode_verified(self.storage.read(key), summary.get("manifest_checksum", ""), key)
         except FileNotFoundError:
             raise IntegrityError(f"backup {backup_id}: manifest is missing") from None
         except codec.CodecError as exc:
             raise IntegrityError(f"backup {backup_id}: manifest is damaged: {exc}") from None
-        if xxhash.xxh3_128_hexdigest(text) != summary.get("manifest_checksum"):
-            raise IntegrityError(f"backup {backup_id}: manifest is damaged (its digest is not the catalog's)")
         try:
             return json.loads(text)
         except ValueError as exc:
