@@ -1124,7 +1124,7 @@ def main() -> int:
         "bench/run --render-rss bench/results/A.json bench/results/B.json"))
     p.add_argument("--dataset", choices=("pgbench", "realistic", "many-files"), default="pgbench",
                    help="pgbench: pgbench -i (compresses about 20:1); realistic: mixed tables that compress "
-                   "about 2-3:1 (see REALISTIC_BATCH) and pgbench -i -s 10; many-files: SCALE x 1000 small tables "
+                   "about 2-3:1 (see REALISTIC_BATCH in bench/cluster.py) and pgbench -i -s 10; many-files: SCALE x 1000 small tables "
                    "with an index each")
     p.add_argument("--scale", type=int, help="pgbench: pgbench scale (default 100, about 1.6 GB); realistic: "
                    "SCALE batches of about 110 MB of mixed tables, plus 160 MB of pgbench tables (default 20: "
